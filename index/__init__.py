@@ -1,0 +1,1 @@
+"""Retrieval index: metrics, re-ranking, FAISS gallery and stores."""
