@@ -1,0 +1,402 @@
+"""Redis store: the gallery's system of record when a Redis server is configured.
+
+Key layout, every key under a configurable prefix ``P`` (default ``"sasreid:"``):
+
+====================  ======  ==============================================================
+key                   type    content
+====================  ======  ==============================================================
+``P meta``            hash    ``schema`` (int), ``fingerprint``, ``dim``: fixed by the first write
+``P next_int_id``     string  last int id handed out (INCRBY; never decremented, ids never reused)
+``P tracklets``       zset    member tracklet id, score int id (ordered iteration, counts)
+``P t:<tracklet>``    hash    ``json`` (every field but the descriptor), ``descriptor`` (raw <f4)
+``P i:<identity>``    set     tracklet ids of one identity
+``P identities``      zset    identity names, all with score 0 so ZRANGE pages them in byte order
+``P f:<tracklet>``    list    kept frames (encoded images), in order
+====================  ======  ==============================================================
+
+Writes are MULTI/EXEC transactions (a record, its identity-set membership and the indexes change
+together or not at all, even if this client dies mid-call); where a write depends on what it read
+(idempotency checks, last member of an identity, first write fixing the fingerprint) the keys read
+are WATCHed and the transaction is retried if another client changed them. Int ids are reserved
+with INCRBY just before MULTI, so an aborted attempt leaves a gap but never a reused id. A write is
+acknowledged once EXEC returns; how durable that is depends on the server's persistence settings
+(``appendonly yes`` with ``appendfsync always`` survives a kill -9 of the server).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import numpy as np
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import WatchError
+from redis.retry import Retry
+
+from index.store.base import (
+    SCHEMA_VERSION,
+    PutResult,
+    Store,
+    StoreInfo,
+    check_against_info,
+    check_batch_size,
+    check_page,
+    check_replacement_coverage,
+    resolve_existing,
+    with_int_id,
+)
+from index.store.errors import (
+    InvalidRecord,
+    SchemaVersionError,
+    StoreError,
+    StoreUnavailable,
+    TrackletNotFound,
+)
+from index.store.record import (
+    Record,
+    descriptor_from_bytes,
+    descriptor_to_bytes,
+    encode_metadata,
+    validate_frames,
+)
+
+DEFAULT_PREFIX = "sasreid:"
+# WATCH conflicts only happen when two clients touch the same tracklet/identity at once; this
+# bound turns a livelock into an error instead of a hang.
+_MAX_ATTEMPTS = 100
+_READ_CHUNK = 500
+
+T = TypeVar("T")
+
+
+class RedisStore(Store):
+    def __init__(self, url: str, prefix: str = DEFAULT_PREFIX, socket_timeout: float = 30.0) -> None:
+        if not isinstance(prefix, str) or not prefix:
+            raise InvalidRecord(f"prefix must be a non-empty string, got {prefix!r}")
+        self.url = url
+        self.prefix = prefix
+        self._client: redis.Redis = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=5.0,
+            socket_timeout=socket_timeout,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
+        p = prefix.encode()
+        self._p = p
+        self._meta = p + b"meta"
+        self._counter = p + b"next_int_id"
+        self._tracklets = p + b"tracklets"
+        self._identities = p + b"identities"
+        try:
+            with self._errors():
+                schema = self._client.hget(self._meta, "schema")
+        except BaseException:
+            self._client.close()
+            raise
+        if schema is not None and int(schema) > SCHEMA_VERSION:
+            self._client.close()
+            raise SchemaVersionError(
+                f"{url} prefix {prefix!r} has schema version {int(schema)}; "
+                f"this package reads up to {SCHEMA_VERSION}"
+            )
+
+    # ---- keys and encoding --------------------------------------------------------------
+    def _tkey(self, tracklet_id: str) -> bytes:
+        return self._p + b"t:" + tracklet_id.encode()
+
+    def _fkey(self, tracklet_id: str) -> bytes:
+        return self._p + b"f:" + tracklet_id.encode()
+
+    def _ikey(self, identity: str) -> bytes:
+        return self._p + b"i:" + identity.encode()
+
+    @staticmethod
+    def _encode(record: Record) -> dict[str, bytes]:
+        fields = {
+            "int_id": record.int_id,
+            "tracklet_id": record.tracklet_id,
+            "identity": record.identity,
+            "camera": record.camera,
+            "platform": record.platform,
+            "session": record.session,
+            "num_frames": record.num_frames,
+            "metadata": encode_metadata(record.metadata),
+            "created_at": record.created_at,
+            "fingerprint": record.fingerprint,
+            "content_hash": record.content_hash,
+        }
+        return {
+            "json": json.dumps(fields, separators=(",", ":")).encode(),
+            "descriptor": descriptor_to_bytes(record.descriptor),
+        }
+
+    @staticmethod
+    def _decode(row: dict[bytes, bytes]) -> Record:
+        fields = json.loads(row[b"json"])
+        return Record(
+            tracklet_id=fields["tracklet_id"],
+            identity=fields["identity"],
+            camera=fields["camera"],
+            platform=fields["platform"],
+            session=fields["session"],
+            num_frames=fields["num_frames"],
+            metadata=json.loads(fields["metadata"]),
+            created_at=fields["created_at"],
+            fingerprint=fields["fingerprint"],
+            content_hash=fields["content_hash"],
+            descriptor=descriptor_from_bytes(row[b"descriptor"]),
+            int_id=fields["int_id"],
+        )
+
+    @staticmethod
+    def _decode_info(raw: dict[bytes, bytes]) -> StoreInfo:
+        fp = raw.get(b"fingerprint")
+        dim = raw.get(b"dim")
+        return StoreInfo(fingerprint=None if fp is None else fp.decode(), dim=None if dim is None else int(dim))
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StoreUnavailable(f"redis at {self.url} is unavailable: {exc}") from exc
+
+    def _transact(self, body: Callable[[Any], T]) -> T:
+        """Run ``body(pipe)`` (WATCH, read, MULTI, queue, EXEC) until no watched key changed under it."""
+        with self._errors():
+            for _ in range(_MAX_ATTEMPTS):
+                with self._client.pipeline(transaction=True) as pipe:
+                    try:
+                        return body(pipe)
+                    except WatchError:
+                        continue
+        raise StoreError(f"redis at {self.url}: gave up after {_MAX_ATTEMPTS} conflicting concurrent writes")
+
+    def _rows(self, keys: Sequence[bytes]) -> list[dict[bytes, bytes]]:
+        """HGETALL of many keys, pipelined in chunks (empty dict for a missing key)."""
+        out: list[dict[bytes, bytes]] = []
+        for start in range(0, len(keys), _READ_CHUNK):
+            pipe = self._client.pipeline(transaction=False)
+            for key in keys[start : start + _READ_CHUNK]:
+                pipe.hgetall(key)
+            out.extend(pipe.execute())
+        return out
+
+    # ---- writes -------------------------------------------------------------------------
+    def _put_batch(self, records: list[Record], frames: dict[str, list[bytes]]) -> list[PutResult]:
+        tkeys = [self._tkey(r.tracklet_id) for r in records]
+
+        def body(pipe: Any) -> list[PutResult]:
+            pipe.watch(self._meta, *tkeys)
+            info = self._decode_info(pipe.hgetall(self._meta))
+            check_against_info(info, records)
+            # Read through another connection: the WATCH above still guards these keys.
+            rows = self._rows(tkeys)
+            results: list[PutResult | None] = [None] * len(records)
+            new: list[int] = []
+            for i, (record, row) in enumerate(zip(records, rows, strict=True)):
+                if row:
+                    results[i] = resolve_existing(self._decode(row), record)
+                else:
+                    new.append(i)
+            if not new:
+                pipe.unwatch()
+                return [r for r in results if r is not None]
+            last = int(self._client.incrby(self._counter, len(new)))
+            first_id = last - len(new) + 1
+            pipe.multi()
+            for offset, i in enumerate(new):
+                stored = with_int_id(records[i], first_id + offset)
+                tid = stored.tracklet_id
+                pipe.hset(tkeys[i], mapping=self._encode(stored))
+                pipe.zadd(self._tracklets, {tid: stored.int_id})
+                pipe.sadd(self._ikey(stored.identity), tid)
+                pipe.zadd(self._identities, {stored.identity: 0})
+                frame_list = frames.get(tid)
+                if frame_list:
+                    pipe.delete(self._fkey(tid))
+                    pipe.rpush(self._fkey(tid), *frame_list)
+                results[i] = PutResult(record=stored, created=True)
+            if info.fingerprint is None:
+                first = records[new[0]]
+                pipe.hset(
+                    self._meta,
+                    mapping={"schema": SCHEMA_VERSION, "fingerprint": first.fingerprint, "dim": first.dim},
+                )
+            pipe.execute()
+            return [r for r in results if r is not None]
+
+        return self._transact(body)
+
+    def delete(self, tracklet_id: str) -> bool:
+        tkey = self._tkey(tracklet_id)
+
+        def body(pipe: Any) -> bool:
+            pipe.watch(tkey)
+            raw = pipe.hget(tkey, "json")
+            if raw is None:
+                pipe.unwatch()
+                return False
+            identity = json.loads(raw)["identity"]
+            ikey = self._ikey(identity)
+            pipe.watch(ikey)
+            remaining = int(pipe.scard(ikey))
+            pipe.multi()
+            pipe.delete(tkey, self._fkey(tracklet_id))
+            pipe.zrem(self._tracklets, tracklet_id)
+            pipe.srem(ikey, tracklet_id)
+            if remaining <= 1:
+                pipe.zrem(self._identities, identity)
+            pipe.execute()
+            return True
+
+        return self._transact(body)
+
+    def delete_identity(self, identity: str) -> list[str]:
+        ikey = self._ikey(identity)
+
+        def body(pipe: Any) -> list[str]:
+            pipe.watch(ikey)
+            members = sorted(m.decode() for m in pipe.smembers(ikey))
+            pipe.multi()
+            for tid in members:
+                pipe.delete(self._tkey(tid), self._fkey(tid))
+            if members:
+                pipe.zrem(self._tracklets, *members)
+            pipe.delete(ikey)
+            pipe.zrem(self._identities, identity)
+            pipe.execute()
+            return members
+
+        return self._transact(body)
+
+    def put_frames(self, tracklet_id: str, frames: Sequence[bytes]) -> None:
+        frame_list = validate_frames(frames)
+        tkey = self._tkey(tracklet_id)
+        fkey = self._fkey(tracklet_id)
+
+        def body(pipe: Any) -> None:
+            pipe.watch(tkey)
+            if not pipe.exists(tkey):
+                pipe.unwatch()
+                raise TrackletNotFound(tracklet_id)
+            pipe.multi()
+            pipe.delete(fkey)
+            pipe.rpush(fkey, *frame_list)
+            pipe.execute()
+
+        self._transact(body)
+
+    def _replace_descriptors(self, fingerprint: str, items: dict[str, np.ndarray], dim: int | None) -> int:
+        def body(pipe: Any) -> int:
+            pipe.watch(self._meta, self._tracklets)
+            stored = [m.decode() for m in pipe.zrange(self._tracklets, 0, -1)]
+            check_replacement_coverage(set(stored), set(items))
+            rows = self._rows([self._tkey(t) for t in stored])
+            pipe.multi()
+            for tid, row in zip(stored, rows, strict=True):
+                fields = json.loads(row[b"json"])
+                fields["fingerprint"] = fingerprint
+                pipe.hset(
+                    self._tkey(tid),
+                    mapping={
+                        "json": json.dumps(fields, separators=(",", ":")).encode(),
+                        "descriptor": descriptor_to_bytes(items[tid]),
+                    },
+                )
+            pipe.hset(self._meta, mapping={"schema": SCHEMA_VERSION, "fingerprint": fingerprint})
+            if dim is None:
+                # No tracklets: the next write fixes the dimension again.
+                pipe.hdel(self._meta, "dim")
+            else:
+                pipe.hset(self._meta, "dim", dim)
+            pipe.execute()
+            return len(stored)
+
+        return self._transact(body)
+
+    # ---- reads --------------------------------------------------------------------------
+    def get(self, tracklet_id: str) -> Record | None:
+        with self._errors():
+            row = self._client.hgetall(self._tkey(tracklet_id))
+        return self._decode(row) if row else None
+
+    def get_identity(self, identity: str) -> list[Record]:
+        with self._errors():
+            members = sorted(m.decode() for m in self._client.smembers(self._ikey(identity)))
+            rows = self._rows([self._tkey(t) for t in members])
+        records = [self._decode(r) for r in rows if r]
+        return sorted(records, key=lambda r: r.int_id or 0)
+
+    def get_frames(self, tracklet_id: str) -> list[bytes] | None:
+        with self._errors():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.exists(self._tkey(tracklet_id))
+            pipe.lrange(self._fkey(tracklet_id), 0, -1)
+            exists, frames = pipe.execute()
+        if not exists or not frames:
+            return None
+        return [bytes(f) for f in frames]
+
+    def list_identities(self, offset: int = 0, limit: int = 100) -> tuple[list[tuple[str, int]], int]:
+        check_page(offset, limit)
+        with self._errors():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.zrange(self._identities, offset, offset + limit - 1)
+            pipe.zcard(self._identities)
+            names, total = pipe.execute()
+            counts = self._client.pipeline(transaction=False)
+            for name in names:
+                counts.scard(self._ikey(name.decode()))
+            sizes = counts.execute()
+        return [(n.decode(), int(s)) for n, s in zip(names, sizes, strict=True)], int(total)
+
+    def count_tracklets(self) -> int:
+        with self._errors():
+            return int(self._client.zcard(self._tracklets))
+
+    def count_identities(self) -> int:
+        with self._errors():
+            return int(self._client.zcard(self._identities))
+
+    def iter_records(self, batch: int = 1000) -> Iterator[Record]:
+        check_batch_size(batch)
+        return self._iter_records(batch)
+
+    def _iter_records(self, batch: int) -> Iterator[Record]:
+        low: str | int = "-inf"
+        while True:
+            with self._errors():
+                page = self._client.zrangebyscore(self._tracklets, low, "+inf", start=0, num=batch, withscores=True)
+                if not page:
+                    return
+                rows = self._rows([self._tkey(m.decode()) for m, _ in page])
+            for row in rows:
+                if row:  # deleted since the page was read
+                    yield self._decode(row)
+            low = f"({int(page[-1][1])}"
+
+    def int_ids(self) -> np.ndarray:
+        with self._errors():
+            page = self._client.zrange(self._tracklets, 0, -1, withscores=True)
+        return np.array([int(score) for _, score in page], dtype=np.int64)
+
+    def info(self) -> StoreInfo:
+        with self._errors():
+            return self._decode_info(self._client.hgetall(self._meta))
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def ping(self) -> bool:
+        try:
+            return bool(self._client.ping())
+        except redis.RedisError:
+            return False
+
+    def close(self) -> None:
+        self._client.close()

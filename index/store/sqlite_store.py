@@ -1,0 +1,344 @@
+"""SQLite store: the embedded system of record used when no Redis is configured.
+
+One database file in WAL mode with ``synchronous=FULL`` (a write call returns only after its
+transaction is on disk). Each write call is one ``BEGIN IMMEDIATE`` transaction, so it takes the
+write lock up front and never fails half-way on a lock upgrade. One connection is shared by all
+threads behind a lock; other processes on the same file are serialised by SQLite itself.
+
+Schema (``PRAGMA user_version`` = ``SCHEMA_VERSION``):
+
+* ``meta(key, value)``: ``fingerprint``, ``dim`` and ``next_int_id`` (the int id counter; kept
+  here rather than derived from ``MAX(int_id)`` so deleting the newest tracklet never frees its id);
+* ``tracklets``: one row per record, descriptor as a little-endian float32 BLOB, indexed by identity;
+* ``frames(int_id, seq, data)``: kept frames, deleted with their tracklet (foreign key cascade).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from index.store.base import (
+    SCHEMA_VERSION,
+    PutResult,
+    Store,
+    StoreInfo,
+    check_against_info,
+    check_batch_size,
+    check_page,
+    check_replacement_coverage,
+    resolve_existing,
+    with_int_id,
+)
+from index.store.errors import SchemaVersionError, StoreError, TrackletNotFound
+from index.store.record import (
+    Record,
+    descriptor_from_bytes,
+    descriptor_to_bytes,
+    encode_metadata,
+    validate_frames,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tracklets (
+    int_id INTEGER PRIMARY KEY,
+    tracklet_id TEXT NOT NULL UNIQUE,
+    identity TEXT NOT NULL,
+    camera TEXT,
+    platform TEXT,
+    session TEXT,
+    num_frames INTEGER NOT NULL,
+    metadata TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    fingerprint TEXT NOT NULL,
+    descriptor BLOB NOT NULL,
+    content_hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tracklets_by_identity ON tracklets(identity, int_id);
+CREATE TABLE IF NOT EXISTS frames (
+    int_id INTEGER NOT NULL REFERENCES tracklets(int_id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (int_id, seq)
+);
+"""
+
+_COLUMNS = (
+    "int_id, tracklet_id, identity, camera, platform, session, num_frames, metadata, created_at, "
+    "fingerprint, descriptor, content_hash"
+)
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.url = f"sqlite:///{self.path}"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        # isolation_level=None: transactions are opened explicitly, never implicitly by the module.
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
+        self._closed = False
+        try:
+            self._init_schema()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _init_schema(self) -> None:
+        conn = self._conn
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"{self.path}: could not switch SQLite to WAL mode (got {mode!r})")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        with self._transaction():
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"{self.path} has schema version {version}; this package reads up to {SCHEMA_VERSION}"
+                )
+            if version == 0:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('next_int_id', '1')")
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    # ---- helpers ------------------------------------------------------------------------
+    class _Txn:
+        def __init__(self, store: SQLiteStore) -> None:
+            self.store = store
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.store._lock.acquire()
+            try:
+                self.store._check_open()
+                self.store._conn.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                self.store._lock.release()
+                raise
+            return self.store._conn
+
+        def __exit__(self, exc_type: type[BaseException] | None, exc: object, tb: object) -> None:
+            try:
+                if exc_type is None:
+                    self.store._conn.execute("COMMIT")
+                else:
+                    self.store._conn.execute("ROLLBACK")
+            finally:
+                self.store._lock.release()
+
+    def _transaction(self) -> SQLiteStore._Txn:
+        return SQLiteStore._Txn(self)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"store {self.url} is closed")
+
+    def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        with self._lock:
+            self._check_open()
+            return self._conn.execute(sql, params).fetchall()
+
+    @staticmethod
+    def _info(conn: sqlite3.Connection) -> StoreInfo:
+        rows = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('fingerprint', 'dim')").fetchall())
+        return StoreInfo(
+            fingerprint=rows.get("fingerprint"), dim=int(rows["dim"]) if "dim" in rows else None
+        )
+
+    @staticmethod
+    def _row_to_record(row: tuple[object, ...]) -> Record:
+        (int_id, tracklet_id, identity, camera, platform, session, num_frames, metadata, created_at,
+         fingerprint, descriptor, content_hash) = row
+        return Record(
+            tracklet_id=str(tracklet_id),
+            identity=str(identity),
+            camera=None if camera is None else str(camera),
+            platform=None if platform is None else str(platform),  # type: ignore[arg-type]
+            session=None if session is None else str(session),
+            num_frames=int(num_frames),  # type: ignore[arg-type]
+            metadata=json.loads(str(metadata)),
+            created_at=float(created_at),  # type: ignore[arg-type]
+            fingerprint=str(fingerprint),
+            descriptor=descriptor_from_bytes(bytes(descriptor)),  # type: ignore[arg-type]
+            content_hash=str(content_hash),
+            int_id=int(int_id),  # type: ignore[arg-type]
+        )
+
+    # ---- writes -------------------------------------------------------------------------
+    def _put_batch(self, records: list[Record], frames: dict[str, list[bytes]]) -> list[PutResult]:
+        with self._transaction() as conn:
+            check_against_info(self._info(conn), records)
+            results: list[PutResult | None] = [None] * len(records)
+            new: list[int] = []
+            for i, record in enumerate(records):
+                row = conn.execute(
+                    f"SELECT {_COLUMNS} FROM tracklets WHERE tracklet_id = ?", (record.tracklet_id,)
+                ).fetchone()
+                if row is None:
+                    new.append(i)
+                else:
+                    # Raises on conflict; the transaction rolls back, nothing is written.
+                    results[i] = resolve_existing(self._row_to_record(row), record)
+            if new:
+                next_id = int(conn.execute("SELECT value FROM meta WHERE key = 'next_int_id'").fetchone()[0])
+                for offset, i in enumerate(new):
+                    stored = with_int_id(records[i], next_id + offset)
+                    conn.execute(
+                        f"INSERT INTO tracklets({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            stored.int_id, stored.tracklet_id, stored.identity, stored.camera, stored.platform,
+                            stored.session, stored.num_frames, encode_metadata(stored.metadata),
+                            stored.created_at, stored.fingerprint, descriptor_to_bytes(stored.descriptor),
+                            stored.content_hash,
+                        ),
+                    )
+                    frame_list = frames.get(stored.tracklet_id)
+                    if frame_list:
+                        self._write_frames(conn, stored.int_id, frame_list)  # type: ignore[arg-type]
+                    results[i] = PutResult(record=stored, created=True)
+                conn.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'next_int_id'", (str(next_id + len(new)),)
+                )
+                first = records[new[0]]
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('fingerprint', ?), ('dim', ?)",
+                    (first.fingerprint, str(first.dim)),
+                )
+        return [r for r in results if r is not None]
+
+    @staticmethod
+    def _write_frames(conn: sqlite3.Connection, int_id: int, frames: list[bytes]) -> None:
+        conn.execute("DELETE FROM frames WHERE int_id = ?", (int_id,))
+        conn.executemany(
+            "INSERT INTO frames(int_id, seq, data) VALUES (?, ?, ?)",
+            [(int_id, seq, sqlite3.Binary(data)) for seq, data in enumerate(frames)],
+        )
+
+    def delete(self, tracklet_id: str) -> bool:
+        with self._transaction() as conn:
+            # frames go with the tracklet through ON DELETE CASCADE
+            return conn.execute("DELETE FROM tracklets WHERE tracklet_id = ?", (tracklet_id,)).rowcount > 0
+
+    def delete_identity(self, identity: str) -> list[str]:
+        with self._transaction() as conn:
+            ids = [
+                str(r[0])
+                for r in conn.execute("SELECT tracklet_id FROM tracklets WHERE identity = ?", (identity,))
+            ]
+            conn.execute("DELETE FROM tracklets WHERE identity = ?", (identity,))
+        return sorted(ids)
+
+    def put_frames(self, tracklet_id: str, frames: Sequence[bytes]) -> None:
+        frame_list = validate_frames(frames)
+        with self._transaction() as conn:
+            row = conn.execute("SELECT int_id FROM tracklets WHERE tracklet_id = ?", (tracklet_id,)).fetchone()
+            if row is None:
+                raise TrackletNotFound(tracklet_id)
+            self._write_frames(conn, int(row[0]), frame_list)
+
+    def _replace_descriptors(self, fingerprint: str, items: dict[str, np.ndarray], dim: int | None) -> int:
+        with self._transaction() as conn:
+            stored = {str(r[0]) for r in conn.execute("SELECT tracklet_id FROM tracklets")}
+            check_replacement_coverage(stored, set(items))
+            conn.executemany(
+                "UPDATE tracklets SET descriptor = ?, fingerprint = ? WHERE tracklet_id = ?",
+                [(descriptor_to_bytes(vec), fingerprint, tid) for tid, vec in items.items()],
+            )
+            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('fingerprint', ?)", (fingerprint,))
+            if dim is None:
+                # No tracklets: the next write fixes the dimension again.
+                conn.execute("DELETE FROM meta WHERE key = 'dim'")
+            else:
+                conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('dim', ?)", (str(dim),))
+        return len(items)
+
+    # ---- reads --------------------------------------------------------------------------
+    def get(self, tracklet_id: str) -> Record | None:
+        rows = self._read(f"SELECT {_COLUMNS} FROM tracklets WHERE tracklet_id = ?", (tracklet_id,))
+        return self._row_to_record(rows[0]) if rows else None
+
+    def get_identity(self, identity: str) -> list[Record]:
+        rows = self._read(f"SELECT {_COLUMNS} FROM tracklets WHERE identity = ? ORDER BY int_id", (identity,))
+        return [self._row_to_record(r) for r in rows]
+
+    def get_frames(self, tracklet_id: str) -> list[bytes] | None:
+        rows = self._read(
+            "SELECT f.data FROM frames f JOIN tracklets t ON t.int_id = f.int_id "
+            "WHERE t.tracklet_id = ? ORDER BY f.seq",
+            (tracklet_id,),
+        )
+        return [bytes(r[0]) for r in rows] or None  # type: ignore[arg-type]
+
+    def list_identities(self, offset: int = 0, limit: int = 100) -> tuple[list[tuple[str, int]], int]:
+        check_page(offset, limit)
+        with self._lock:
+            self._check_open()
+            # One read transaction so the page and the total agree.
+            self._conn.execute("BEGIN")
+            try:
+                page = self._conn.execute(
+                    "SELECT identity, COUNT(*) FROM tracklets GROUP BY identity ORDER BY identity "
+                    "LIMIT ? OFFSET ?",
+                    (limit, offset),
+                ).fetchall()
+                total = self._conn.execute("SELECT COUNT(DISTINCT identity) FROM tracklets").fetchone()[0]
+            finally:
+                self._conn.execute("COMMIT")
+        return [(str(i), int(n)) for i, n in page], int(total)
+
+    def count_tracklets(self) -> int:
+        return int(self._read("SELECT COUNT(*) FROM tracklets")[0][0])  # type: ignore[arg-type]
+
+    def count_identities(self) -> int:
+        return int(self._read("SELECT COUNT(DISTINCT identity) FROM tracklets")[0][0])  # type: ignore[arg-type]
+
+    def iter_records(self, batch: int = 1000) -> Iterator[Record]:
+        check_batch_size(batch)
+        return self._iter_records(batch)
+
+    def _iter_records(self, batch: int) -> Iterator[Record]:
+        last = -1
+        while True:
+            # Keyset paging on int_id; the lock is released between batches.
+            rows = self._read(
+                f"SELECT {_COLUMNS} FROM tracklets WHERE int_id > ? ORDER BY int_id LIMIT ?", (last, batch)
+            )
+            if not rows:
+                return
+            for row in rows:
+                yield self._row_to_record(row)
+            last = int(rows[-1][0])  # type: ignore[arg-type]
+
+    def int_ids(self) -> np.ndarray:
+        rows = self._read("SELECT int_id FROM tracklets ORDER BY int_id")
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def info(self) -> StoreInfo:
+        with self._lock:
+            self._check_open()
+            return self._info(self._conn)
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def ping(self) -> bool:
+        try:
+            self._read("SELECT 1")
+        except (sqlite3.Error, StoreError):
+            return False
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()

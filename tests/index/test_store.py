@@ -1,0 +1,481 @@
+"""One behavioural suite for both stores: SQLite files and a real redis-server (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import threading
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from index.store import (
+    DimensionMismatch,
+    FingerprintMismatch,
+    InvalidRecord,
+    Record,
+    RedisStore,
+    SchemaVersionError,
+    SQLiteStore,
+    Store,
+    StoreUnavailable,
+    TrackletConflict,
+    TrackletNotFound,
+    open_store,
+)
+from tests.conftest import RedisServer, free_port
+
+DIM = 8
+
+
+def make_record(
+    tracklet_id: str,
+    identity: str = "p1",
+    *,
+    dim: int = DIM,
+    fingerprint: str = "fp-a",
+    content_hash: str | None = None,
+    seed: int | None = None,
+    **kwargs: object,
+) -> Record:
+    rng = np.random.default_rng([zlib.crc32(tracklet_id.encode()), seed or 0])
+    vec = rng.standard_normal(dim).astype(np.float32)
+    vec /= np.linalg.norm(vec)
+    return Record(
+        tracklet_id=tracklet_id,
+        identity=identity,
+        num_frames=int(kwargs.pop("num_frames", 8)),  # type: ignore[call-overload]
+        fingerprint=fingerprint,
+        descriptor=vec,
+        content_hash=content_hash or f"hash-{tracklet_id}",
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+Opener = Callable[[], Store]
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path, redis_prefix: str) -> Opener:
+    """Opens the same backing store again on each call (a new file per test / a new key prefix)."""
+    if request.param == "sqlite":
+        path = tmp_path / "gallery.db"
+        return lambda: SQLiteStore(path)
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return lambda: RedisStore(server.url, prefix=redis_prefix)
+
+
+@pytest.fixture
+def store(opener: Opener) -> Iterator[Store]:
+    s = opener()
+    yield s
+    s.close()
+
+
+def assert_same_record(a: Record, b: Record) -> None:
+    for f in dataclasses.fields(Record):
+        if f.name == "descriptor":
+            assert a.descriptor.dtype == np.float32
+            assert a.descriptor.tobytes() == b.descriptor.tobytes()
+        else:
+            assert getattr(a, f.name) == getattr(b, f.name), f.name
+
+
+# ---- round trip ---------------------------------------------------------------------------------
+def test_round_trip_every_field(store: Store) -> None:
+    rec = make_record(
+        "trk/ü 1",
+        "Person:7",
+        camera="cam-2",
+        platform="aerial",
+        session="s1",
+        num_frames=17,
+        metadata={"altitude_m": 80.5, "tags": ["a", "b"], "nested": {"pitch": 60}, "none": None},
+        created_at=1_700_000_000.123456,
+    )
+    # Awkward floats must come back bit-exact, not via a text round trip.
+    desc = np.array([np.float32(1e-38), -0.0, np.pi, -1.5e30, 1 / 3, 7, 0.1, -2], dtype=np.float32)
+    rec = dataclasses.replace(rec, descriptor=desc)
+    result = store.put(rec)
+    assert result.created
+    assert result.record.int_id is not None and result.record.int_id >= 1
+    got = store.get("trk/ü 1")
+    assert got is not None
+    assert_same_record(got, result.record)
+    assert got.descriptor.tobytes() == desc.astype("<f4").tobytes()
+    minimal = make_record("t-min", camera=None, platform=None, session=None, metadata={})
+    store.put(minimal)
+    got_min = store.get("t-min")
+    assert got_min is not None and got_min.camera is None and got_min.platform is None and got_min.session is None
+    assert store.get("absent") is None
+    info = store.info()
+    assert info.fingerprint == "fp-a" and info.dim == DIM
+
+
+def test_invalid_records_name_the_field() -> None:
+    with pytest.raises(InvalidRecord, match="platform"):
+        make_record("t", platform="satellite")  # type: ignore[arg-type]
+    with pytest.raises(InvalidRecord, match="metadata"):
+        make_record("t", metadata={"x": object()})
+    with pytest.raises(InvalidRecord, match="metadata"):
+        make_record("t", metadata={"x": float("nan")})
+    with pytest.raises(InvalidRecord, match="tracklet_id"):
+        make_record("")
+    with pytest.raises(InvalidRecord, match="num_frames"):
+        make_record("t", num_frames=-1)
+    with pytest.raises(InvalidRecord, match="descriptor"):
+        dataclasses.replace(make_record("t"), descriptor=np.array([1.0, np.nan], dtype=np.float32))
+    with pytest.raises(InvalidRecord, match="descriptor"):
+        dataclasses.replace(make_record("t"), descriptor=np.zeros((2, 4), dtype=np.float32))
+    with pytest.raises(InvalidRecord, match="camera"):
+        make_record("t", camera="")
+
+
+# ---- idempotency and conflicts ------------------------------------------------------------------
+def test_same_content_is_idempotent_and_different_content_conflicts(store: Store) -> None:
+    first = store.put(make_record("t1", "p1", content_hash="h1"))
+    again = store.put(make_record("t1", "p1", content_hash="h1", seed=99))
+    assert not again.created
+    assert again.record.int_id == first.record.int_id
+    assert again.record.descriptor.tobytes() == first.record.descriptor.tobytes()
+    with pytest.raises(TrackletConflict, match="t1"):
+        store.put(make_record("t1", "p1", content_hash="h2"))
+    with pytest.raises(TrackletConflict, match="identity"):
+        store.put(make_record("t1", "p2", content_hash="h1"))
+    got = store.get("t1")
+    assert got is not None and got.content_hash == "h1" and got.identity == "p1"
+    assert store.count_tracklets() == 1
+    assert store.list_identities() == ([("p1", 1)], 1)
+
+
+def test_put_many_returns_results_in_input_order(store: Store) -> None:
+    store.put(make_record("b", "p1"))
+    results = store.put_many([make_record("a", "p1"), make_record("b", "p1"), make_record("c", "p2")])
+    assert [r.record.tracklet_id for r in results] == ["a", "b", "c"]
+    assert [r.created for r in results] == [True, False, True]
+    assert store.count_tracklets() == 3
+    assert store.put_many([]) == []
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(lambda: make_record("stored", "p1", content_hash="other"), id="conflict-with-stored"),
+        pytest.param(lambda: make_record("new-1", "p1"), id="duplicate-in-batch"),
+        pytest.param(lambda: make_record("bad-fp", "p1", fingerprint="fp-b"), id="fingerprint"),
+        pytest.param(lambda: make_record("bad-dim", "p1", dim=DIM + 1), id="dimension"),
+        pytest.param(lambda: "not a record", id="not-a-record"),
+    ],
+)
+def test_put_many_is_all_or_nothing(store: Store, bad: Callable[[], object]) -> None:
+    store.put(make_record("stored", "p1"))
+    batch = [make_record("new-1", "p9"), bad(), make_record("new-2", "p10")]
+    with pytest.raises((TrackletConflict, FingerprintMismatch, DimensionMismatch, InvalidRecord)):
+        store.put_many(batch)  # type: ignore[arg-type]
+    assert store.count_tracklets() == 1
+    assert store.get("new-1") is None and store.get("new-2") is None
+    assert store.count_identities() == 1
+    assert store.get_identity("p9") == []
+    stored = store.get("stored")
+    assert stored is not None and stored.content_hash == "hash-stored"
+
+
+def test_fingerprint_and_dimension_are_fixed_by_first_write(store: Store) -> None:
+    store.put(make_record("t1", fingerprint="ckpt-A"))
+    with pytest.raises(FingerprintMismatch) as exc:
+        store.put(make_record("t2", fingerprint="ckpt-B"))
+    assert str(exc.value) == (
+        "gallery was built with checkpoint ckpt-A; descriptor made with ckpt-B; re-embed with `sasreid reembed`"
+    )
+    with pytest.raises(DimensionMismatch, match=f"dimension {DIM}.*dimension {DIM + 4}"):
+        store.put(make_record("t3", fingerprint="ckpt-A", dim=DIM + 4))
+    # An idempotent retry made with another checkpoint is still a mismatch, not a silent success.
+    with pytest.raises(FingerprintMismatch):
+        store.put(make_record("t1", fingerprint="ckpt-B"))
+    assert store.count_tracklets() == 1
+    # Deleting everything does not unfix the gallery's checkpoint.
+    store.delete("t1")
+    with pytest.raises(FingerprintMismatch):
+        store.put(make_record("t4", fingerprint="ckpt-B"))
+
+
+# ---- identities ---------------------------------------------------------------------------------
+def test_identity_sets_and_paging(store: Store) -> None:
+    names = ["b", "B", "a", "a10", "a2", "é", "z"]
+    records = []
+    for i, name in enumerate(names):
+        for j in range(i % 3 + 1):
+            records.append(make_record(f"{name}-{j}", name))
+    store.put_many(records)
+    expected = sorted((n, i % 3 + 1) for i, n in enumerate(names))  # byte order: "B" < "a" < "é"
+    assert [n for n, _ in expected] == sorted(names, key=lambda s: s.encode())
+    page, total = store.list_identities(0, 100)
+    assert page == expected and total == len(names)
+    collected = []
+    for offset in range(0, len(names), 3):
+        page, total = store.list_identities(offset, 3)
+        assert total == len(names)
+        collected.extend(page)
+    assert collected == expected
+    assert store.list_identities(100, 5) == ([], len(names))
+    assert store.count_identities() == len(names)
+    assert store.count_tracklets() == len(records)
+    got = store.get_identity("a2")
+    assert [r.tracklet_id for r in got] == ["a2-0", "a2-1"]
+    assert [r.int_id for r in got] == sorted(r.int_id for r in got)  # type: ignore[type-var]
+    assert store.get_identity("nobody") == []
+    with pytest.raises(InvalidRecord, match="offset"):
+        store.list_identities(-1, 10)
+    with pytest.raises(InvalidRecord, match="limit"):
+        store.list_identities(0, 0)
+
+
+def test_delete_and_delete_identity(store: Store) -> None:
+    store.put_many(
+        [make_record("x1", "X"), make_record("x2", "X"), make_record("y1", "Y"), make_record("z1", "Z")]
+    )
+    store.put_frames("x1", [b"f0"])
+    assert store.delete("y1") is True
+    assert store.delete("y1") is False
+    assert store.get("y1") is None
+    assert store.list_identities() == ([("X", 2), ("Z", 1)], 2)
+    assert store.delete_identity("X") == ["x1", "x2"]
+    assert store.get("x1") is None and store.get("x2") is None
+    assert store.get_frames("x1") is None
+    assert store.get_identity("X") == []
+    assert store.delete_identity("X") == []
+    assert store.list_identities() == ([("Z", 1)], 1)
+    assert store.count_tracklets() == 1
+    assert [r.tracklet_id for r in store.iter_records()] == ["z1"]
+    # A deleted id can be stored again (with any content): it gets a new int id.
+    again = store.put(make_record("x1", "X2", content_hash="new"))
+    assert again.created
+
+
+def test_frames(store: Store) -> None:
+    frames = [b"\x00\xff" * 10, b"", b"jpeg-bytes"]
+    store.put(make_record("t1"), frames=frames)
+    assert store.get_frames("t1") == frames
+    store.put_frames("t1", [b"replacement"])
+    assert store.get_frames("t1") == [b"replacement"]
+    store.put(make_record("t2"))
+    assert store.get_frames("t2") is None
+    assert store.get_frames("missing") is None
+    with pytest.raises(TrackletNotFound, match="'missing' is not stored"):
+        store.put_frames("missing", [b"x"])
+    with pytest.raises(InvalidRecord, match="frames"):
+        store.put_frames("t1", [])
+    with pytest.raises(InvalidRecord, match=r"frames\[1\]"):
+        store.put_frames("t1", [b"ok", "text"])  # type: ignore[list-item]
+    assert store.get_frames("t1") == [b"replacement"]
+    # An idempotent re-put does not touch the kept frames.
+    store.put(make_record("t1"), frames=[b"other"])
+    assert store.get_frames("t1") == [b"replacement"]
+    store.delete("t1")
+    assert store.get_frames("t1") is None
+
+
+# ---- int ids ------------------------------------------------------------------------------------
+def test_int_ids_are_stable_and_never_reused(opener: Opener) -> None:
+    store = opener()
+    ids = {r.record.tracklet_id: r.record.int_id for r in store.put_many([make_record(f"t{i}") for i in range(5)])}
+    assert len(set(ids.values())) == 5
+    assert store.delete("t4")  # the newest: a MAX()+1 scheme would hand its id out again
+    assert store.delete("t1")
+    new = store.put(make_record("t5")).record.int_id
+    assert new is not None and new > max(ids.values())  # type: ignore[type-var]
+    store.close()
+    store = opener()
+    try:
+        assert store.get("t0").int_id == ids["t0"]  # type: ignore[union-attr]
+        newer = store.put(make_record("t6")).record.int_id
+        assert newer is not None and newer > new
+        assert store.int_ids().tolist() == sorted([ids["t0"], ids["t2"], ids["t3"], new, newer])
+        assert store.int_ids().dtype == np.int64
+    finally:
+        store.close()
+
+
+def test_iter_records_in_int_id_order_across_batches(store: Store) -> None:
+    store.put_many([make_record(f"t{i:03d}", f"p{i % 7}") for i in range(53)])
+    store.delete("t010")
+    for batch in (1, 7, 1000):
+        records = list(store.iter_records(batch=batch))
+        assert len(records) == 52
+        ints = [r.int_id for r in records]
+        assert ints == sorted(ints)  # type: ignore[type-var]
+        assert ints == store.int_ids().tolist()
+    with pytest.raises(InvalidRecord, match="batch"):
+        store.iter_records(batch=0)
+
+
+# ---- re-embedding -------------------------------------------------------------------------------
+def test_replace_descriptors_switches_fingerprint_atomically(store: Store) -> None:
+    store.put_many([make_record(f"t{i}", fingerprint="old") for i in range(4)])
+    before = {r.tracklet_id: r for r in store.iter_records()}
+    rng = np.random.default_rng(0)
+    new = {tid: rng.standard_normal(DIM * 2).astype(np.float32) for tid in before}
+    with pytest.raises(InvalidRecord, match="no new descriptor"):
+        store.replace_descriptors("new", {k: v for k, v in new.items() if k != "t0"})
+    with pytest.raises(InvalidRecord, match="not stored"):
+        store.replace_descriptors("new", {**new, "ghost": new["t0"]})
+    with pytest.raises(DimensionMismatch):
+        store.replace_descriptors("new", {**new, "t0": new["t0"][:DIM]})
+    assert store.info().fingerprint == "old"
+    assert all(r.descriptor.tobytes() == before[r.tracklet_id].descriptor.tobytes() for r in store.iter_records())
+
+    assert store.replace_descriptors("new", new) == 4
+    assert store.info().fingerprint == "new" and store.info().dim == DIM * 2
+    for r in store.iter_records():
+        assert r.fingerprint == "new"
+        assert r.descriptor.tobytes() == new[r.tracklet_id].tobytes()
+        assert r.int_id == before[r.tracklet_id].int_id
+        assert r.content_hash == before[r.tracklet_id].content_hash
+    with pytest.raises(FingerprintMismatch):
+        store.put(make_record("t9", fingerprint="old"))
+    store.put(make_record("t9", fingerprint="new", dim=DIM * 2))
+
+
+# ---- persistence --------------------------------------------------------------------------------
+def test_sqlite_persists_across_reopen_and_checks_schema(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    with SQLiteStore(path) as store:
+        written = store.put_many([make_record(f"t{i}", f"p{i % 3}", camera="c1") for i in range(10)])
+        store.put_frames("t3", [b"a", b"b"])
+        store.delete("t9")
+    with SQLiteStore(path) as store:
+        assert store.count_tracklets() == 9
+        for r in written[:9]:
+            got = store.get(r.record.tracklet_id)
+            assert got is not None
+            assert_same_record(got, r.record)
+        assert store.get_frames("t3") == [b"a", b"b"]
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.execute("PRAGMA user_version=99")
+    conn.commit()
+    conn.close()
+    with pytest.raises(SchemaVersionError, match="99"):
+        SQLiteStore(path)
+
+
+def test_redis_survives_kill_9_with_appendonly(redis_server_factory: Callable[..., RedisServer]) -> None:
+    server = redis_server_factory(appendonly=True, appendfsync="always")
+    store = RedisStore(server.url, prefix="crash:")
+    acked = [r.record for r in store.put_many([make_record(f"b{i}", f"p{i % 4}") for i in range(40)])]
+    for i in range(10):
+        acked.append(store.put(make_record(f"s{i}", "single"), frames=[f"frame{i}".encode()]).record)
+    assert store.delete("b0")
+    assert store.delete_identity("p1") == sorted(f"b{i}" for i in range(40) if i % 4 == 1)
+    expected = {r.tracklet_id: r for r in acked if r.tracklet_id != "b0" and r.identity != "p1"}
+    store.close()
+
+    server.kill()
+    with pytest.raises(StoreUnavailable):
+        RedisStore(server.url, prefix="crash:")
+    server.restart()
+
+    with RedisStore(server.url, prefix="crash:") as store:
+        assert store.count_tracklets() == len(expected)
+        for tid, rec in expected.items():
+            got = store.get(tid)
+            assert got is not None, tid
+            assert_same_record(got, rec)
+        assert store.get_frames("s3") == [b"frame3"]
+        assert store.get("b0") is None and store.get_identity("p1") == []
+        assert store.list_identities()[1] == 4  # p0, p2, p3, single
+        newer = store.put(make_record("after")).record.int_id
+        assert newer is not None and newer > max(r.int_id for r in acked)  # type: ignore[type-var]
+
+
+def test_redis_unreachable_is_reported() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    with pytest.raises(StoreUnavailable, match="unavailable"):
+        RedisStore(url)
+
+
+def test_redis_schema_version_check(redis_server: RedisServer, redis_prefix: str) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    client.hset(f"{redis_prefix}meta", "schema", 99)
+    client.close()
+    with pytest.raises(SchemaVersionError, match="99"):
+        RedisStore(redis_server.url, prefix=redis_prefix)
+
+
+def test_redis_key_layout_is_under_the_prefix(redis_server: RedisServer, redis_prefix: str) -> None:
+    with RedisStore(redis_server.url, prefix=redis_prefix) as store:
+        store.put(make_record("t1", "p1"), frames=[b"x"])
+    client = redis.Redis.from_url(redis_server.url)
+    keys = sorted(k.decode() for k in client.scan_iter(match=f"{redis_prefix}*"))
+    client.close()
+    suffixes = [k[len(redis_prefix) :] for k in keys]
+    assert suffixes == sorted(["meta", "next_int_id", "tracklets", "t:t1", "i:p1", "identities", "f:t1"])
+
+
+# ---- concurrency --------------------------------------------------------------------------------
+def test_concurrent_writers_from_threads(store: Store) -> None:
+    errors: list[BaseException] = []
+    created: list[tuple[str, int, bool]] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(4)
+
+    def worker(w: int) -> None:
+        try:
+            barrier.wait()
+            for i in range(15):
+                # Every worker also races to create the same "shared-i" tracklets.
+                for tid in (f"w{w}-{i}", f"shared-{i}"):
+                    res = store.put(make_record(tid, f"id{i % 5}"))
+                    with lock:
+                        created.append((tid, res.record.int_id, res.created))  # type: ignore[arg-type]
+            store.delete(f"w{w}-0")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert store.count_tracklets() == 4 * 14 + 15
+    for i in range(15):
+        claims = [(iid, c) for tid, iid, c in created if tid == f"shared-{i}"]
+        assert sum(c for _, c in claims) == 1, claims  # exactly one writer created it
+        assert len({iid for iid, _ in claims}) == 1  # and all saw the same int id
+    ids = store.int_ids()
+    assert len(np.unique(ids)) == len(ids)
+    assert sum(n for _, n in store.list_identities(0, 100)[0]) == store.count_tracklets()
+
+
+# ---- opening ------------------------------------------------------------------------------------
+def test_open_store_urls(tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    abs_path = tmp_path / "abs" / "g.db"
+    with open_store(f"sqlite:///{abs_path}") as s:
+        assert isinstance(s, SQLiteStore) and s.path == abs_path
+    assert abs_path.exists()
+    monkeypatch.chdir(tmp_path)
+    with open_store("sqlite:///rel/g.db") as s:
+        assert isinstance(s, SQLiteStore) and not s.path.is_absolute()
+    assert (tmp_path / "rel" / "g.db").exists()
+    with open_store(None, default_sqlite_path=tmp_path / "default.db") as s:
+        assert isinstance(s, SQLiteStore) and s.ping()
+    with open_store(redis_server.url, redis_prefix="open-test:") as s:
+        assert isinstance(s, RedisStore) and s.ping()
+    for bad in ("postgres://x/y", "gallery.db", "sqlite://", "sqlite:///"):
+        with pytest.raises(ValueError, match="accepted"):
+            open_store(bad)
+    with pytest.raises(ValueError, match="default_sqlite_path"):
+        open_store(None)
+
+
+def test_ping_and_close(opener: Opener) -> None:
+    store = opener()
+    assert store.ping()
+    store.close()
+    if isinstance(store, SQLiteStore):
+        assert not store.ping()
