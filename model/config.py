@@ -1,0 +1,177 @@
+"""Typed model configuration with the papers' defaults, and the named presets.
+
+Presets: ``vit-l-14`` (served model, 252x126 input), ``vit-b-16`` (256x128) and ``tiny`` (a few
+layers of small width at 64x32; for tests and CPU demos). Every field has a default from
+SAS-VPReID (paper 1) unless marked as a paper-2 option or an implementation choice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class BackboneConfig:
+    """CLIP ViT visual tower (open_clip ``VisionTransformer``)."""
+
+    name: str = "vit-l-14"
+    image_size: tuple[int, int] = (252, 126)  # (H, W): 18x9 grid for patch 14
+    patch_size: int = 14
+    width: int = 1024
+    layers: int = 24
+    heads: int = 16
+    mlp_ratio: float = 4.0
+    output_dim: int = 768  # CLIP projection dim: d of the frame feature f_t
+    quick_gelu: bool = True  # OpenAI CLIP weights were trained with QuickGELU
+    # Paper 2 "selective fine-tuning": train only the last N blocks ("all" = SAS-VPReID default).
+    trainable_blocks: int | Literal["all"] = "all"
+    # Paper 2 option: learned camera/platform embedding added to the class token.
+    side_info: Literal["none", "camera", "platform", "both"] = "none"
+    num_cameras: int = 32
+    side_info_scale: float = 1.0
+    grad_checkpointing: bool = False
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size)
+
+
+@dataclass
+class MEVBConfig:
+    """Memory-Enhanced Visual Backbone head (paper 1 section 3.2)."""
+
+    temporal_pool: Literal["mean", "attention"] = "mean"  # "attention" = paper 2's pooling
+    memory: bool = True
+    num_proxies: int = 2  # mean proxy + hard proxy
+    momentum: float = 0.2  # paper: mu = 0.2 (the public code passes 0.1)
+    temperature: float = 1.0  # paper: tau = 1.0 (the public code uses 0.05)
+
+
+@dataclass
+class MGTMConfig:
+    """Multi-Granularity Temporal Modelling (paper 1 section 3.3)."""
+
+    enabled: bool = True
+    windows: tuple[int, ...] = (2, 4, 8)  # S: window lengths in frames
+    # "fixed": windows are S at every T. "scale_with_t": windows are S * T / train_frames (the
+    # public code's behaviour, where T=16 at test turns 2/4/8 into 4/8/16).
+    window_rule: Literal["fixed", "scale_with_t"] = "fixed"
+    train_frames: int = 8
+    reorder: bool = True  # sort a window's tokens by cosine relevance to its class token
+    fusion: Literal["learned", "mean"] = "learned"  # eq. (9)-(10); "mean" = CLIMB-ReID
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    scan_chunk: int = 16  # chunk length of the pure-PyTorch parallel scan
+    use_cuda_kernels: bool = True  # use mamba-ssm's kernels when it imports on a CUDA device
+
+
+@dataclass
+class PRSDConfig:
+    """Prior-Regularised Shape Dynamics (paper 1 section 3.4)."""
+
+    enabled: bool = True
+    num_betas: int = 10
+    regressor_hidden: int = 256
+    transformer_layers: int = 4
+    transformer_heads: int = 2
+    transformer_ff: int = 64
+    dropout: float = 0.1
+    # Optional SMPL model file (.pkl/.npz) for turning betas into body measurements (smplx).
+    smpl_model_path: str | None = None
+    smpl_gender: Literal["neutral", "male", "female"] = "neutral"
+
+
+@dataclass
+class LossConfig:
+    """Eq. (20): L = L_tri + lambda_id L_id + lambda_me L_me + lambda_alpha L_alpha."""
+
+    triplet_weight: float = 1.0
+    triplet_margin: float = 0.3
+    id_weight: float = 0.25
+    label_smoothing: float = 0.1
+    memory_weight: float = 1.0
+    shape_prior_weight: float = 1.0
+    branches: tuple[str, ...] = ("v", "h", "s")  # triplet + ID on v_i, h_M and f_S
+
+
+@dataclass
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    mevb: MEVBConfig = field(default_factory=MEVBConfig)
+    mgtm: MGTMConfig = field(default_factory=MGTMConfig)
+    prsd: PRSDConfig = field(default_factory=PRSDConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    num_classes: int = 0  # training identities; 0 = inference-only (no classifiers, no memory)
+    # Descriptor = concat(v_i, h_M, f_S) after each branch's BNNeck (as the public code), L2-normalised.
+    descriptor_bnneck: bool = True
+    eval_frames: int = 8
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+
+    # -- presets -------------------------------------------------------------------------
+    @staticmethod
+    def preset(name: str, **overrides: Any) -> ModelConfig:
+        """A named config (``vit-l-14``, ``vit-b-16``, ``tiny``) with optional top-level overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown model config {name!r}; choose one of {sorted(PRESETS)}")
+        cfg = PRESETS[name]()
+        return dataclasses.replace(cfg, **overrides) if overrides else cfg
+
+    # -- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error (they mean another version)."""
+        sub = {"backbone": BackboneConfig, "mevb": MEVBConfig, "mgtm": MGTMConfig,
+               "prsd": PRSDConfig, "loss": LossConfig}
+        kwargs: dict[str, Any] = {}
+        known = {f.name for f in dataclasses.fields(ModelConfig)}
+        for key, value in data.items():
+            if key not in known:
+                raise ValueError(f"unknown model config field {key!r}")
+            if key in sub:
+                kwargs[key] = _dataclass_from_dict(sub[key], value)
+            elif isinstance(value, list):
+                kwargs[key] = tuple(value)
+            else:
+                kwargs[key] = value
+        return ModelConfig(**kwargs)
+
+
+def _dataclass_from_dict(cls: type, data: dict[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s): {sorted(unknown)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def _vit_l_14() -> ModelConfig:
+    return ModelConfig(backbone=BackboneConfig())
+
+
+def _vit_b_16() -> ModelConfig:
+    return ModelConfig(
+        backbone=BackboneConfig(name="vit-b-16", image_size=(256, 128), patch_size=16, width=768,
+                                layers=12, heads=12, output_dim=512)
+    )
+
+
+def _tiny() -> ModelConfig:
+    return ModelConfig(
+        backbone=BackboneConfig(name="tiny", image_size=(64, 32), patch_size=8, width=64, layers=2,
+                                heads=4, output_dim=64, quick_gelu=False),
+        mgtm=MGTMConfig(d_state=8),
+        prsd=PRSDConfig(regressor_hidden=32, transformer_ff=32),
+    )
+
+
+PRESETS = {"vit-l-14": _vit_l_14, "vit-b-16": _vit_b_16, "tiny": _tiny}

@@ -1,0 +1,108 @@
+"""Temporal modules: attention pooling (paper 2) and Multi-Granularity Temporal Modelling (MGTM,
+paper 1 section 3.3) with bidirectional Mamba and learnable scale fusion."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import MGTMConfig
+from model.mamba import Mamba
+
+
+class TemporalAttentionPool(nn.Module):
+    """``v = sum_t softmax_t(w^T tanh(W f_t)) f_t``: down-weights degraded frames (paper 2).
+
+    ``f: [B, T, d] -> [B, d]``. Softmax over each tracklet's own frames only.
+    """
+
+    def __init__(self, dim: int, hidden: int | None = None) -> None:
+        super().__init__()
+        hidden = hidden or max(dim // 4, 8)
+        self.score = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        w = torch.softmax(self.score(f).squeeze(-1).float(), dim=1).to(f.dtype)  # [B, T]
+        return torch.einsum("bt,btd->bd", w, f)
+
+
+def window_lengths(cfg: MGTMConfig, t: int) -> list[int]:
+    """Window length (in frames) for each granularity s in S at a tracklet length ``t``.
+
+    ``fixed``: s itself; ``scale_with_t``: round(s * t / train_frames). Always clipped to [1, t].
+    """
+    out = []
+    for s in cfg.windows:
+        w = s if cfg.window_rule == "fixed" else round(s * t / cfg.train_frames)
+        out.append(int(min(max(w, 1), t)))
+    return out
+
+
+def reorder_by_relevance(patches: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    """Sort tokens by cosine relevance to the class token, most relevant first.
+
+    ``patches: [n, L, W]``, ``cls: [n, W]`` -> ``[n, L, W]``. Stable sort: equal relevance keeps
+    time-major order, so the result is deterministic.
+    """
+    rel = F.cosine_similarity(patches.float(), cls.float()[:, None], dim=-1)  # [n, L]
+    order = torch.sort(rel, dim=1, descending=True, stable=True).indices
+    return torch.gather(patches, 1, order[..., None].expand_as(patches))
+
+
+class BiMamba(nn.Module):
+    """Eq. (8): ``H = Mamba_f(x) + flip(Mamba_b(flip(x)))`` with separate parameters, pre-norm."""
+
+    def __init__(self, dim: int, cfg: MGTMConfig) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        kw = dict(d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand, scan_chunk=cfg.scan_chunk,
+                  use_cuda_kernels=cfg.use_cuda_kernels)
+        self.forward_mamba = Mamba(dim, **kw)
+        self.backward_mamba = Mamba(dim, **kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        return self.forward_mamba(x) + self.backward_mamba(x.flip(1)).flip(1)
+
+
+class MGTM(nn.Module):
+    """Tokens ``[B, T, 1 + P, W]`` -> multi-granularity temporal feature ``h_M: [B, W]``.
+
+    For each granularity s: frames are cut into consecutive windows of s frames (eq. 7; the last
+    window may be shorter), a window's patch tokens (s * P of them, time-major) are reordered by
+    relevance to the window's mean class token, run through a bidirectional Mamba, and averaged
+    over all tokens of the tracklet into ``h^(s)``. Eq. (9)-(10): ``h_M = sum_s softmax(a)_s h^(s)``.
+    """
+
+    def __init__(self, dim: int, cfg: MGTMConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.blocks = nn.ModuleList(BiMamba(dim, cfg) for _ in cfg.windows)
+        self.scale_logits = nn.Parameter(torch.zeros(len(cfg.windows)))  # a_s
+        if cfg.fusion == "mean":
+            self.scale_logits.requires_grad_(False)
+
+    def fusion_weights(self) -> torch.Tensor:
+        return torch.softmax(self.scale_logits.float(), dim=0)
+
+    def _granularity(self, tokens: torch.Tensor, length: int, block: BiMamba) -> torch.Tensor:
+        b, t, _, w = tokens.shape
+        outs, counts = [], []
+        for start in range(0, t, length):
+            win = tokens[:, start:start + length]  # [B, s', 1 + P, W]; the full windows could be
+            # batched, but a loop over T / s windows keeps the code one path for any T
+            cls = win[:, :, 0].mean(dim=1)
+            patches = win[:, :, 1:].reshape(b, -1, w)
+            if self.cfg.reorder:
+                patches = reorder_by_relevance(patches, cls)
+            h = block(patches)  # [B, L, W]
+            outs.append(h.sum(dim=1))
+            counts.append(h.shape[1])
+        return torch.stack(outs, 0).sum(0) / float(sum(counts))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        lengths = window_lengths(self.cfg, tokens.shape[1])
+        feats = torch.stack([self._granularity(tokens, s, blk) for s, blk in zip(lengths, self.blocks)], 0)
+        w = self.fusion_weights().to(feats.dtype)
+        return torch.einsum("s,sbw->bw", w, feats)
