@@ -26,7 +26,7 @@ def interpolate_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Ten
     n_src = pos.shape[0] - 1
     if n_src == grid[0] * grid[1]:
         return pos
-    side = int(round(n_src ** 0.5))
+    side = round(n_src ** 0.5)
     if side * side != n_src:
         raise ValueError(f"cannot interpolate a non-square positional embedding of {n_src} patches")
     cls, patches = pos[:1], pos[1:]

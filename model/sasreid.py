@@ -95,8 +95,10 @@ class SASVPReID(nn.Module):
         if frames.dim() != 5:
             raise ValueError(f"frames must be [B, T, 3, H, W], got shape {tuple(frames.shape)}")
         b, t = frames.shape[:2]
-        expand = (lambda ids: None if ids is None else ids.to(frames.device).repeat_interleave(t))
-        f, tokens = self.backbone(frames.flatten(0, 1), expand(camera), expand(platform))
+        def per_frame(ids: torch.Tensor | None) -> torch.Tensor | None:
+            return None if ids is None else ids.to(frames.device).repeat_interleave(t)
+
+        f, tokens = self.backbone(frames.flatten(0, 1), per_frame(camera), per_frame(platform))
         f = f.view(b, t, -1)
         feats = {"v": self.attention_pool(f) if self.attention_pool is not None else f.mean(dim=1)}
         betas = None
