@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import os
 import sys
 
@@ -54,15 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         module_name, help_text = known[name]
         module = _load(module_name)
         sub = argparse.ArgumentParser(prog=f"sasreid {name}", description=help_text)
-        add = getattr(module, "add_arguments")
-        # A module serving several commands (enroll/query) takes the command name.
-        try:
+        add = module.add_arguments
+        # A module serving several commands (enroll/query) takes the command name too.
+        if len(inspect.signature(add).parameters) >= 2:
             add(sub, name)
-        except TypeError:
+        else:
             add(sub)
         args = sub.parse_args(argv[1:])
         args._command = name
-        runner = getattr(module, "run")
+        runner = module.run
         try:
             return int(runner(args) or 0)
         except KeyboardInterrupt:
