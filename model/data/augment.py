@@ -1,0 +1,149 @@
+"""Tracklet-consistent augmentation (SAS-VPReID section 3.2 and 4.2).
+
+Every random parameter (flip, erasing rectangle, hue shift) is drawn **once per tracklet** and
+applied identically to all of its frames, so augmentation never introduces frame-to-frame
+flicker. Frames are float tensors in ``[0, 1]`` of shape ``[T, 3, H, W]``, before
+normalisation; erased pixels are filled with ``erase_fill`` (by default the CLIP mean colour,
+which normalises to zero).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Probabilities and ranges; defaults follow the paper (h=0.3, p_c=0.5) and torchvision's
+    RandomErasing (scale 0.02-0.33, log-uniform aspect 0.3-3.3)."""
+
+    flip_p: float = 0.5
+    erase_p: float = 0.5
+    erase_scale: tuple[float, float] = (0.02, 0.33)
+    erase_ratio: tuple[float, float] = (0.3, 3.3)
+    erase_fill: tuple[float, float, float] = CLIP_MEAN
+    hue_p: float = 0.5
+    hue_max: float = 0.3
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Parameters drawn for one tracklet. ``erase`` is ``(top, left, height, width)``."""
+
+    flip: bool
+    erase: tuple[int, int, int, int] | None
+    hue: float | None
+
+
+def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
+    """``[..., 3, H, W]`` RGB in [0, 1] -> HSV with all channels in [0, 1] (colorsys convention)."""
+    r, g, b = rgb.unbind(-3)
+    maxc = rgb.amax(-3)
+    minc = rgb.amin(-3)
+    delta = maxc - minc
+    s = delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc))
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
+    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = torch.where(delta > 0, torch.remainder(h / 6.0, 1.0), torch.zeros_like(h))
+    return torch.stack((h, s, maxc), dim=-3)
+
+
+def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``rgb_to_hsv``: ``[..., 3, H, W]`` HSV -> RGB in [0, 1]."""
+    h, s, v = hsv.unbind(-3)
+    h6 = h * 6.0
+    sector = torch.floor(h6)
+    f = h6 - sector
+    sector = sector.long() % 6
+    p = v * (1.0 - s)
+    q = v * (1.0 - s * f)
+    t = v * (1.0 - s * (1.0 - f))
+    # Rows: the (r, g, b) source for each of the six hue sectors.
+    table = torch.stack(
+        (
+            torch.stack((v, t, p), -3),
+            torch.stack((q, v, p), -3),
+            torch.stack((p, v, t), -3),
+            torch.stack((p, q, v), -3),
+            torch.stack((t, p, v), -3),
+            torch.stack((v, p, q), -3),
+        ),
+        dim=0,
+    )
+    index = sector.unsqueeze(-3).expand_as(hsv).unsqueeze(0)
+    return torch.gather(table, 0, index).squeeze(0)
+
+
+def adjust_hue(frames: torch.Tensor, shift: float) -> torch.Tensor:
+    """Rotate hue by ``shift`` turns (``[-0.5, 0.5]``, as torchvision's ``adjust_hue``).
+
+    ``frames``: ``[..., 3, H, W]`` in [0, 1]; saturation and value are unchanged.
+    """
+    if not -0.5 <= shift <= 0.5:
+        raise ValueError(f"hue shift must be in [-0.5, 0.5], got {shift}")
+    hsv = rgb_to_hsv(frames)
+    h, s, v = hsv.unbind(-3)
+    return hsv_to_rgb(torch.stack((torch.remainder(h + shift, 1.0), s, v), dim=-3))
+
+
+def draw_erase_box(
+    rng: np.random.Generator, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float]
+) -> tuple[int, int, int, int] | None:
+    """Random erasing rectangle ``(top, left, h, w)`` (torchvision rule: 10 tries, else None)."""
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        h = round(math.sqrt(target * aspect))
+        w = round(math.sqrt(target / aspect))
+        if 0 < h < height and 0 < w < width:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    return None
+
+
+class TrackletAugment:
+    """Draws one set of parameters per tracklet and applies it to every frame."""
+
+    def __init__(self, config: AugmentConfig | None = None) -> None:
+        self.config = config or AugmentConfig()
+
+    def draw(self, rng: np.random.Generator, height: int, width: int) -> AugmentParams:
+        """Parameters for one tracklet of ``height x width`` frames (a fixed number of draws,
+        so the rng stream does not depend on which branches fire)."""
+        c = self.config
+        u_flip, u_erase, u_hue = rng.random(3)
+        hue = float(rng.uniform(-c.hue_max, c.hue_max))
+        box = draw_erase_box(rng, height, width, c.erase_scale, c.erase_ratio)
+        return AugmentParams(
+            flip=bool(u_flip < c.flip_p),
+            erase=box if u_erase < c.erase_p else None,
+            hue=hue if u_hue < c.hue_p else None,
+        )
+
+    def apply(self, frames: torch.Tensor, params: AugmentParams) -> torch.Tensor:
+        """Apply ``params`` to ``frames`` ``[T, 3, H, W]`` in [0, 1]; returns a new tensor."""
+        out = frames
+        if params.hue is not None:
+            out = adjust_hue(out, params.hue)
+        if params.flip:
+            out = torch.flip(out, dims=(-1,))
+        if params.erase is not None:
+            top, left, h, w = params.erase
+            out = out.clone()
+            fill = torch.tensor(self.config.erase_fill, dtype=out.dtype).view(3, 1, 1)
+            out[..., top : top + h, left : left + w] = fill
+        return out
+
+    def __call__(self, frames: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        return self.apply(frames, self.draw(rng, frames.shape[-2], frames.shape[-1]))

@@ -1,0 +1,125 @@
+"""Torch dataset of tracklets: frame sampling, loading, tracklet-consistent augmentation."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from model.data.augment import CLIP_MEAN, CLIP_STD, TrackletAugment
+from model.data.errors import DatasetError
+from model.data.tracklet import Tracklet
+from model.sampling import even_indices, restricted_random_indices
+
+SAMPLING_MODES: tuple[str, ...] = ("restricted_random", "even", "all")
+
+
+def load_frame(path: Path, size: tuple[int, int]) -> torch.Tensor:
+    """Read one image as RGB, bicubic-resize to ``size`` = (H, W); returns ``[3, H, W]`` in [0, 1]."""
+    with Image.open(path) as img:
+        rgb = img.convert("RGB").resize((size[1], size[0]), Image.Resampling.BICUBIC)
+        arr = np.asarray(rgb, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def normalise(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``(frames - mean) / std`` per channel; ``frames`` is ``[..., 3, H, W]``."""
+    m = torch.tensor(mean, dtype=frames.dtype).view(3, 1, 1)
+    s = torch.tensor(std, dtype=frames.dtype).view(3, 1, 1)
+    return (frames - m) / s
+
+
+def frame_indices(num_frames: int, seq_len: int, sampling: str, rng: np.random.Generator) -> np.ndarray:
+    """Which frames (in time order) a sample uses; ``all`` returns every frame."""
+    if sampling == "restricted_random":
+        return restricted_random_indices(num_frames, seq_len, rng)
+    if sampling == "even":
+        return even_indices(num_frames, seq_len)
+    if sampling == "all":
+        return np.arange(num_frames, dtype=np.int64)
+    raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
+
+
+class VideoDataset(Dataset):
+    """Items ``(frames [T, 3, H, W] normalised float32, pid, camera, platform_id, index)``.
+
+    Randomness (frame choice, augmentation) comes from a generator seeded by
+    ``(seed, epoch, index)``, so an item is reproducible whatever worker loads it; call
+    ``set_epoch`` to vary it between epochs. ``sampling="all"`` gives variable ``T`` (use batch
+    size 1). Unreadable frames are skipped with a warning naming the file and remembered in
+    ``corrupt_frames`` (per process: each DataLoader worker keeps its own copy); a tracklet
+    with no readable frame raises ``DatasetError``.
+    """
+
+    def __init__(
+        self,
+        tracklets: Sequence[Tracklet],
+        seq_len: int = 8,
+        sampling: str = "restricted_random",
+        size: tuple[int, int] = (252, 126),
+        mean: Sequence[float] = CLIP_MEAN,
+        std: Sequence[float] = CLIP_STD,
+        train_augment: TrackletAugment | None = None,
+        seed: int = 0,
+    ) -> None:
+        if sampling not in SAMPLING_MODES:
+            raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
+        if seq_len < 1:
+            raise ValueError("seq_len must be >= 1")
+        self.tracklets = list(tracklets)
+        self.seq_len = seq_len
+        self.sampling = sampling
+        self.size = (int(size[0]), int(size[1]))
+        self.mean = tuple(float(x) for x in mean)
+        self.std = tuple(float(x) for x in std)
+        self.train_augment = train_augment
+        self.seed = seed
+        self.epoch = 0
+        self.corrupt_frames: set[Path] = set()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    @property
+    def num_corrupt_frames(self) -> int:
+        return len(self.corrupt_frames)
+
+    def __len__(self) -> int:
+        return len(self.tracklets)
+
+    def _load_frames(self, tracklet: Tracklet, rng: np.random.Generator) -> torch.Tensor:
+        while True:
+            readable = [p for p in tracklet.paths if p not in self.corrupt_frames]
+            if not readable:
+                raise DatasetError(
+                    f"tracklet {tracklet.tracklet_id} has no readable frame "
+                    f"({len(tracklet.paths)} frames, e.g. {tracklet.paths[0]})"
+                )
+            # Re-seed per attempt so the choice depends only on which frames are readable.
+            attempt_rng = np.random.default_rng(rng.integers(0, 2**63 - 1))
+            idx = frame_indices(len(readable), self.seq_len, self.sampling, attempt_rng)
+            loaded: dict[int, torch.Tensor] = {}
+            failed = False
+            for i in dict.fromkeys(idx.tolist()):
+                try:
+                    loaded[i] = load_frame(readable[i], self.size)
+                except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError...
+                    self.corrupt_frames.add(readable[i])
+                    warnings.warn(f"skipping unreadable frame {readable[i]}: {exc}", RuntimeWarning, stacklevel=2)
+                    failed = True
+            if not failed:
+                return torch.stack([loaded[i] for i in idx.tolist()])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int, int]:
+        tracklet = self.tracklets[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        frames = self._load_frames(tracklet, rng)
+        if self.train_augment is not None:
+            frames = self.train_augment(frames, rng)
+        frames = normalise(frames, self.mean, self.std).contiguous()
+        return frames, tracklet.pid, tracklet.camera, tracklet.platform_id, index
