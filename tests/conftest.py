@@ -83,7 +83,9 @@ class RedisServer:
                     time.sleep(0.05)
         finally:
             client.close()
-        raise RuntimeError(f"redis-server on port {self.port} not ready after {_STARTUP_TIMEOUT_S}s\n{self.log_tail()}")
+        raise RuntimeError(
+            f"redis-server on port {self.port} not ready after {_STARTUP_TIMEOUT_S}s\n{self.log_tail()}"
+        )
 
     def log_tail(self, lines: int = 20) -> str:
         log = self.directory / "redis.log"

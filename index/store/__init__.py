@@ -59,7 +59,9 @@ def open_store(
             raise ValueError("store url is None and no default_sqlite_path was given")
         return SQLiteStore(Path(default_sqlite_path))
     if not isinstance(url, str):
-        raise ValueError(f"store url must be a string or None, got {type(url).__name__}; accepted: {_ACCEPTED}")
+        raise ValueError(
+            f"store url must be a string or None, got {type(url).__name__}; accepted: {_ACCEPTED}"
+        )
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///") :]
         if not path or path.endswith("/"):

@@ -56,7 +56,9 @@ class Store(ABC):
         descriptor does not match the gallery.
         """
         frame_list = None if frames is None else validate_frames(frames)
-        return self._put_batch(check_batch([record]), {record.tracklet_id: frame_list} if frame_list else {})[0]
+        return self._put_batch(check_batch([record]), {record.tracklet_id: frame_list} if frame_list else {})[
+            0
+        ]
 
     def put_many(self, records: Sequence[Record]) -> list[PutResult]:
         """Store a batch all-or-nothing; results are in input order.
@@ -215,7 +217,9 @@ def check_replacement_coverage(stored_ids: set[str], new_ids: set[str]) -> None:
     if missing or extra:
         parts = []
         if missing:
-            parts.append(f"{len(missing)} stored tracklet(s) have no new descriptor, e.g. {sorted(missing)[:3]}")
+            parts.append(
+                f"{len(missing)} stored tracklet(s) have no new descriptor, e.g. {sorted(missing)[:3]}"
+            )
         if extra:
             parts.append(f"{len(extra)} id(s) are not stored, e.g. {sorted(extra)[:3]}")
         raise InvalidRecord("replace_descriptors needs exactly the stored tracklets: " + "; ".join(parts))

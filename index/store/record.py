@@ -55,8 +55,10 @@ class Record:
         if not isinstance(self.metadata, dict):
             raise InvalidRecord(f"metadata must be a dict, got {type(self.metadata).__name__}")
         encode_metadata(self.metadata)
-        if isinstance(self.created_at, bool) or not isinstance(self.created_at, (int, float)) or not math.isfinite(
-            self.created_at
+        if (
+            isinstance(self.created_at, bool)
+            or not isinstance(self.created_at, (int, float))
+            or not math.isfinite(self.created_at)
         ):
             raise InvalidRecord(f"created_at must be a finite unix time, got {self.created_at!r}")
         object.__setattr__(self, "created_at", float(self.created_at))

@@ -158,7 +158,9 @@ class RedisStore(Store):
     def _decode_info(raw: dict[bytes, bytes]) -> StoreInfo:
         fp = raw.get(b"fingerprint")
         dim = raw.get(b"dim")
-        return StoreInfo(fingerprint=None if fp is None else fp.decode(), dim=None if dim is None else int(dim))
+        return StoreInfo(
+            fingerprint=None if fp is None else fp.decode(), dim=None if dim is None else int(dim)
+        )
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -373,7 +375,9 @@ class RedisStore(Store):
         low: str | int = "-inf"
         while True:
             with self._errors():
-                page = self._client.zrangebyscore(self._tracklets, low, "+inf", start=0, num=batch, withscores=True)
+                page = self._client.zrangebyscore(
+                    self._tracklets, low, "+inf", start=0, num=batch, withscores=True
+                )
                 if not page:
                     return
                 rows = self._rows([self._tkey(m.decode()) for m, _ in page])

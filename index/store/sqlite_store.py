@@ -151,15 +151,27 @@ class SQLiteStore(Store):
 
     @staticmethod
     def _info(conn: sqlite3.Connection) -> StoreInfo:
-        rows = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('fingerprint', 'dim')").fetchall())
-        return StoreInfo(
-            fingerprint=rows.get("fingerprint"), dim=int(rows["dim"]) if "dim" in rows else None
+        rows = dict(
+            conn.execute("SELECT key, value FROM meta WHERE key IN ('fingerprint', 'dim')").fetchall()
         )
+        return StoreInfo(fingerprint=rows.get("fingerprint"), dim=int(rows["dim"]) if "dim" in rows else None)
 
     @staticmethod
     def _row_to_record(row: tuple[object, ...]) -> Record:
-        (int_id, tracklet_id, identity, camera, platform, session, num_frames, metadata, created_at,
-         fingerprint, descriptor, content_hash) = row
+        (
+            int_id,
+            tracklet_id,
+            identity,
+            camera,
+            platform,
+            session,
+            num_frames,
+            metadata,
+            created_at,
+            fingerprint,
+            descriptor,
+            content_hash,
+        ) = row
         return Record(
             tracklet_id=str(tracklet_id),
             identity=str(identity),
@@ -197,9 +209,17 @@ class SQLiteStore(Store):
                     conn.execute(
                         f"INSERT INTO tracklets({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
-                            stored.int_id, stored.tracklet_id, stored.identity, stored.camera, stored.platform,
-                            stored.session, stored.num_frames, encode_metadata(stored.metadata),
-                            stored.created_at, stored.fingerprint, descriptor_to_bytes(stored.descriptor),
+                            stored.int_id,
+                            stored.tracklet_id,
+                            stored.identity,
+                            stored.camera,
+                            stored.platform,
+                            stored.session,
+                            stored.num_frames,
+                            encode_metadata(stored.metadata),
+                            stored.created_at,
+                            stored.fingerprint,
+                            descriptor_to_bytes(stored.descriptor),
                             stored.content_hash,
                         ),
                     )
@@ -242,7 +262,9 @@ class SQLiteStore(Store):
     def put_frames(self, tracklet_id: str, frames: Sequence[bytes]) -> None:
         frame_list = validate_frames(frames)
         with self._transaction() as conn:
-            row = conn.execute("SELECT int_id FROM tracklets WHERE tracklet_id = ?", (tracklet_id,)).fetchone()
+            row = conn.execute(
+                "SELECT int_id FROM tracklets WHERE tracklet_id = ?", (tracklet_id,)
+            ).fetchone()
             if row is None:
                 raise TrackletNotFound(tracklet_id)
             self._write_frames(conn, int(row[0]), frame_list)

@@ -110,7 +110,12 @@ def test_round_trip_every_field(store: Store) -> None:
     minimal = make_record("t-min", camera=None, platform=None, session=None, metadata={})
     store.put(minimal)
     got_min = store.get("t-min")
-    assert got_min is not None and got_min.camera is None and got_min.platform is None and got_min.session is None
+    assert (
+        got_min is not None
+        and got_min.camera is None
+        and got_min.platform is None
+        and got_min.session is None
+    )
     assert store.get("absent") is None
     info = store.info()
     assert info.fingerprint == "fp-a" and info.dim == DIM
@@ -282,7 +287,10 @@ def test_frames(store: Store) -> None:
 # ---- int ids ------------------------------------------------------------------------------------
 def test_int_ids_are_stable_and_never_reused(opener: Opener) -> None:
     store = opener()
-    ids = {r.record.tracklet_id: r.record.int_id for r in store.put_many([make_record(f"t{i}") for i in range(5)])}
+    ids = {
+        r.record.tracklet_id: r.record.int_id
+        for r in store.put_many([make_record(f"t{i}") for i in range(5)])
+    }
     assert len(set(ids.values())) == 5
     assert store.delete("t4")  # the newest: a MAX()+1 scheme would hand its id out again
     assert store.delete("t1")
@@ -326,7 +334,9 @@ def test_replace_descriptors_switches_fingerprint_atomically(store: Store) -> No
     with pytest.raises(DimensionMismatch):
         store.replace_descriptors("new", {**new, "t0": new["t0"][:DIM]})
     assert store.info().fingerprint == "old"
-    assert all(r.descriptor.tobytes() == before[r.tracklet_id].descriptor.tobytes() for r in store.iter_records())
+    assert all(
+        r.descriptor.tobytes() == before[r.tracklet_id].descriptor.tobytes() for r in store.iter_records()
+    )
 
     assert store.replace_descriptors("new", new) == 4
     assert store.info().fingerprint == "new" and store.info().dim == DIM * 2
