@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+import pytest
+import torch
+
+from model.data.augment import (
+    AugmentConfig,
+    AugmentParams,
+    TrackletAugment,
+    adjust_hue,
+    hsv_to_rgb,
+    rgb_to_hsv,
+)
+
+
+def test_hsv_round_trip() -> None:
+    x = torch.rand(2, 3, 5, 7, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(hsv_to_rgb(rgb_to_hsv(x)), x, atol=1e-5)
+
+
+def test_adjust_hue_matches_colorsys() -> None:
+    rng = np.random.default_rng(0)
+    pixels = rng.random((3, 4, 6)).astype(np.float32)
+    shift = 0.23
+    out = adjust_hue(torch.from_numpy(pixels), shift).numpy()
+    for y in range(4):
+        for x in range(6):
+            h, s, v = colorsys.rgb_to_hsv(*pixels[:, y, x])
+            expected = colorsys.hsv_to_rgb((h + shift) % 1.0, s, v)
+            np.testing.assert_allclose(out[:, y, x], expected, atol=1e-5)
+
+
+def test_adjust_hue_rejects_out_of_range() -> None:
+    with pytest.raises(ValueError, match="hue shift"):
+        adjust_hue(torch.rand(3, 2, 2), 0.7)
+
+
+def _identical_frames(t: int = 5) -> torch.Tensor:
+    base = torch.rand(1, 3, 24, 12, generator=torch.Generator().manual_seed(1))
+    return base.expand(t, -1, -1, -1).clone()
+
+
+def test_all_augmentations_consistent_across_frames() -> None:
+    aug = TrackletAugment(AugmentConfig(flip_p=1.0, erase_p=1.0, hue_p=1.0))
+    frames = _identical_frames()
+    for seed in range(10):
+        params = aug.draw(np.random.default_rng(seed), 24, 12)
+        assert params.flip and params.hue is not None
+        out = aug.apply(frames, params)
+        assert not torch.allclose(out, frames)
+        for t in range(1, out.shape[0]):
+            assert torch.equal(out[t], out[0]), "a parameter differed between frames"
+
+
+def test_apply_flip_erase_hue_effects() -> None:
+    frames = _identical_frames(3)
+    aug = TrackletAugment(AugmentConfig(erase_fill=(0.0, 0.5, 1.0)))
+    flipped = aug.apply(frames, AugmentParams(flip=True, erase=None, hue=None))
+    assert torch.equal(flipped, torch.flip(frames, dims=(-1,)))
+    erased = aug.apply(frames, AugmentParams(flip=False, erase=(2, 3, 4, 5), hue=None))
+    region = erased[:, :, 2:6, 3:8]
+    assert torch.equal(region, torch.tensor([0.0, 0.5, 1.0]).view(1, 3, 1, 1).expand_as(region))
+    outside = erased.clone()
+    outside[:, :, 2:6, 3:8] = frames[:, :, 2:6, 3:8]
+    assert torch.equal(outside, frames)
+    hued = aug.apply(frames, AugmentParams(flip=False, erase=None, hue=0.3))
+    assert torch.allclose(hued, adjust_hue(frames, 0.3))
+
+
+def test_probabilities_respected() -> None:
+    aug = TrackletAugment()
+    draws = [aug.draw(np.random.default_rng(s), 64, 32) for s in range(400)]
+    for rate in (np.mean([d.flip for d in draws]), np.mean([d.erase is not None for d in draws]),
+                 np.mean([d.hue is not None for d in draws])):
+        assert 0.4 < rate < 0.6
+    hues = [d.hue for d in draws if d.hue is not None]
+    assert max(abs(h) for h in hues) <= 0.3
+    boxes = [d.erase for d in draws if d.erase is not None]
+    assert all(0 <= t and 0 <= left and t + h <= 64 and left + w <= 32 for t, left, h, w in boxes)
+
+
+def test_nothing_applied_when_probabilities_zero() -> None:
+    aug = TrackletAugment(AugmentConfig(flip_p=0.0, erase_p=0.0, hue_p=0.0))
+    frames = _identical_frames()
+    assert torch.equal(aug(frames, np.random.default_rng(0)), frames)
