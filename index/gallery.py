@@ -32,13 +32,15 @@ re-ranking against a gallery neighbour graph (``index.rerank.GalleryNeighborGrap
 with the index; a tracklet's ``score`` is then ``1 - rerank_distance`` (``cosine`` keeps the raw
 similarity) and identities are aggregated over the re-ranked pool only.
 
-A ``Gallery`` is safe to share between threads: every operation holds one lock.
+A ``Gallery`` is safe to share between threads: searches run concurrently under a read lock,
+updates take the write lock.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -236,6 +238,64 @@ class GalleryState:
     entries: list[GalleryEntry]
 
 
+class _ReadWriteLock:
+    """Many readers at once, or one writer. The writer may re-enter and may read.
+
+    Searches only read the index, and a single-query FAISS search uses one core, so letting
+    searches overlap is what lets concurrent queries use the machine's cores. Waiting writers
+    block new readers, so a stream of queries cannot starve an update.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer: int | None = None
+        self._depth = 0
+        self._waiting_writers = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cond:
+            nested = self._writer == me
+            if not nested:
+                while self._writer is not None or self._waiting_writers:
+                    self._cond.wait()
+                self._readers += 1
+        try:
+            yield
+        finally:
+            if not nested:
+                with self._cond:
+                    self._readers -= 1
+                    if self._readers == 0:
+                        self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cond:
+            if self._writer == me:
+                self._depth += 1
+            else:
+                self._waiting_writers += 1
+                try:
+                    while self._writer is not None or self._readers:
+                        self._cond.wait()
+                finally:
+                    self._waiting_writers -= 1
+                self._writer = me
+                self._depth = 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._writer = None
+                    self._cond.notify_all()
+
+
 def gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
@@ -269,6 +329,9 @@ class _FlatBackend:
         self._gpu_res = faiss.StandardGpuResources() if use_gpu else None
         self._gpu: faiss.Index | None = None
         self._gpu_ids = np.empty(0, dtype=np.int64)
+        # Searches run concurrently (read lock) but GPU indexes are not thread-safe, and the
+        # mirror is built lazily inside search.
+        self._gpu_lock = threading.Lock()
 
     def add(self, ids: np.ndarray, x: np.ndarray) -> None:
         self.cpu.add_with_ids(x, ids)
@@ -283,13 +346,14 @@ class _FlatBackend:
 
     def search(self, q: np.ndarray, k: int) -> np.ndarray:
         if self._gpu_res is not None and k <= _GPU_MAX_K:
-            if self._gpu is None:
-                inner = faiss.downcast_index(self.cpu.index)
-                self._gpu = faiss.index_cpu_to_gpu(self._gpu_res, 0, inner)
-                self._gpu_ids = _live_ids(self.cpu)
-            _, pos = self._gpu.search(q, k)
-            pos = pos[0]
-            return self._gpu_ids[pos[pos >= 0]]
+            with self._gpu_lock:
+                if self._gpu is None:
+                    inner = faiss.downcast_index(self.cpu.index)
+                    self._gpu = faiss.index_cpu_to_gpu(self._gpu_res, 0, inner)
+                    self._gpu_ids = _live_ids(self.cpu)
+                _, pos = self._gpu.search(q, k)
+                pos = pos[0]
+                return self._gpu_ids[pos[pos >= 0]]
         _, ids = self.cpu.search(q, k)
         return _valid(ids[0])
 
@@ -447,7 +511,9 @@ class Gallery:
         self.options = options if options is not None else IndexOptions()
         self.graph_k = graph_k
         self.use_gpu = self._resolve_gpu(kind, use_gpu)
-        self._lock = threading.RLock()
+        self._lock = _ReadWriteLock()
+        # The re-ranking graph is another module's object: do not assume it tolerates concurrent calls.
+        self._graph_lock = threading.Lock()
         self._reset()
 
     @staticmethod
@@ -497,18 +563,18 @@ class Gallery:
         return self._by_tracklet.get(tracklet_id)
 
     def int_ids(self) -> np.ndarray:
-        with self._lock:
+        with self._lock.read():
             return np.array(sorted(self._entries), dtype=np.int64)
 
     def identities(self) -> dict[str, int]:
         """Identity -> number of indexed tracklets."""
-        with self._lock:
+        with self._lock.read():
             return {name: len(ids) for name, ids in self._by_identity.items()}
 
     def vectors(self, int_ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """The indexed descriptors of ``int_ids`` (float32 [n, dim])."""
         ids = np.asarray(int_ids, dtype=np.int64).reshape(-1)
-        with self._lock:
+        with self._lock.read():
             missing = [int(i) for i in ids if int(i) not in self._entries]
             if missing:
                 raise KeyError(f"int ids not in the gallery: {missing[:5]}")
@@ -535,7 +601,7 @@ class Gallery:
         ids = np.empty(len(entries), dtype=np.int64)
         seen_ids: set[int] = set()
         seen_tracklets: set[str] = set()
-        with self._lock:
+        with self._lock.write():
             for i, e in enumerate(entries):
                 if not isinstance(e, GalleryEntry):
                     raise ValueError(f"entries[{i}] must be a GalleryEntry, got {type(e).__name__}")
@@ -567,7 +633,7 @@ class Gallery:
 
     def remove(self, int_ids: Iterable[int] | np.ndarray) -> int:
         """Remove these ids (unknown ids are ignored); returns how many were removed."""
-        with self._lock:
+        with self._lock.write():
             requested = np.asarray(
                 int_ids if isinstance(int_ids, np.ndarray) else list(int_ids), dtype=np.int64
             )
@@ -589,7 +655,7 @@ class Gallery:
             return len(ids)
 
     def remove_tracklets(self, tracklet_ids: Iterable[str]) -> int:
-        with self._lock:
+        with self._lock.write():
             return self.remove([self._by_tracklet[t] for t in tracklet_ids if t in self._by_tracklet])
 
     def rebuild_from(self, store: Store, batch: int = 1000) -> None:
@@ -600,7 +666,7 @@ class Gallery:
         info = store.info()
         if info.dim is not None and info.dim != self.dim:
             raise DimensionMismatch(info.dim, self.dim, "the gallery index")
-        with self._lock:
+        with self._lock.write():
             self._reset()
             pending: list[Record] = []
             for record in store.iter_records(batch=batch):
@@ -633,7 +699,7 @@ class Gallery:
     # ---- snapshots --------------------------------------------------------------------------
     def export_state(self) -> GalleryState:
         """The CPU index and metadata table (HNSW tombstones are compacted first)."""
-        with self._lock:
+        with self._lock.write():
             index, trained = self._backend.export()
             return GalleryState(
                 dim=self.dim,
@@ -658,7 +724,7 @@ class Gallery:
         expected_type = faiss.IndexIVFFlat if (state.kind == "ivf" and state.trained) else faiss.IndexIDMap2
         if not isinstance(index, expected_type):
             raise ValueError(f"snapshot index is a {type(index).__name__}, expected {expected_type.__name__}")
-        with gallery._lock:
+        with gallery._lock.write():
             gallery._reset(index)
             ids = np.array([e.int_id for e in state.entries], dtype=np.int64)
             indexed = _live_ids(index) if isinstance(index, faiss.IndexIDMap2) else None
@@ -715,7 +781,7 @@ class Gallery:
                 raise ValueError(f"RerankParams.k1={rerank.k1} exceeds the gallery graph's k={self.graph_k}")
         filt = filters if filters is not None and filters.active else None
 
-        with self._lock:
+        with self._lock.read():
             if not self._entries:
                 return SearchResult([], [], aggregate, rerank is not None, True)
             pool, exhaustive = self._pool(q, filt, candidates, top_k)
@@ -724,10 +790,13 @@ class Gallery:
             cos = self._vectors(pool) @ q
             if rerank is not None:
                 assert self._graph is not None
-                dist = np.asarray(
-                    self._graph.rerank(q, pool, k1=rerank.k1, k2=rerank.k2, lambda_value=rerank.lambda_value),
-                    dtype=np.float32,
-                )
+                with self._graph_lock:
+                    dist = np.asarray(
+                        self._graph.rerank(
+                            q, pool, k1=rerank.k1, k2=rerank.k2, lambda_value=rerank.lambda_value
+                        ),
+                        dtype=np.float32,
+                    )
                 if dist.shape != (len(pool),):
                     raise RuntimeError(f"re-ranking returned shape {dist.shape} for {len(pool)} candidates")
                 hits = [

@@ -129,11 +129,19 @@ class SQLiteStore(Store):
             return self.store._conn
 
         def __exit__(self, exc_type: type[BaseException] | None, exc: object, tb: object) -> None:
+            conn = self.store._conn
             try:
                 if exc_type is None:
-                    self.store._conn.execute("COMMIT")
+                    try:
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        # A failed COMMIT (disk full, I/O error) can leave the transaction open;
+                        # close it so the next call does not run inside it.
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        raise
                 else:
-                    self.store._conn.execute("ROLLBACK")
+                    conn.execute("ROLLBACK")
             finally:
                 self.store._lock.release()
 

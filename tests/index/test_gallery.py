@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,8 @@ from index.gallery import (
     SearchResult,
 )
 from index.snapshot import INDEX_FILE, MANIFEST_FILE, build_gallery, load_snapshot, save_snapshot
-from index.store import DimensionMismatch, Record, SQLiteStore
+from index.store import DimensionMismatch, Record, RedisStore, SQLiteStore, Store
+from tests.conftest import RedisServer
 
 DIM = 32
 CAMERAS = ("c1", "c2", "c3", None)
@@ -339,7 +342,7 @@ def test_bad_input_is_rejected_with_a_clear_message(flat: Gallery, data: tuple) 
 
 
 # ---- store rebuild and snapshots -------------------------------------------------------------
-def fill_store(store: SQLiteStore, n_ids: int = 25, per_id: int = 6, seed: int = 9) -> list[Record]:
+def fill_store(store: Store, n_ids: int = 25, per_id: int = 6, seed: int = 9) -> list[Record]:
     entries, feats, _ = clustered(n_ids, per_id, seed=seed)
     records = [
         Record(
@@ -367,19 +370,34 @@ def same_results(a: Gallery, b: Gallery, qs: np.ndarray, **kwargs: object) -> No
         ]
 
 
-def test_rebuild_from_store_gives_identical_results(tmp_path: Path) -> None:
-    with SQLiteStore(tmp_path / "g.db") as store:
-        records = fill_store(store)
-        direct = Gallery(DIM, graph_k=None)
-        direct.add_records(records)
-        rebuilt = Gallery.from_store(store, graph_k=None)
-        assert len(rebuilt) == len(records)
-        assert rebuilt.int_ids().tolist() == store.int_ids().tolist()
-        qs = unit(np.random.default_rng(0).standard_normal((8, DIM)))
-        same_results(direct, rebuilt, qs, top_k=10, filters=SearchFilter(exclude_camera="c1"))
-        same_results(direct, rebuilt, qs, top_k=5, aggregate="mean")
-        with pytest.raises(DimensionMismatch):
-            Gallery(DIM + 1, graph_k=None).rebuild_from(store)
+@pytest.fixture(params=["sqlite", "redis"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path, redis_prefix: str) -> Iterator[Store]:
+    if request.param == "sqlite":
+        store: Store = SQLiteStore(tmp_path / "g.db")
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        store = RedisStore(server.url, prefix=redis_prefix)
+    yield store
+    store.close()
+
+
+def test_rebuild_from_store_gives_identical_results(any_store: Store) -> None:
+    store = any_store
+    records = fill_store(store)
+    store.delete(records[3].tracklet_id)
+    del records[3]
+    direct = Gallery(DIM, graph_k=None)
+    direct.add_records(records)
+    rebuilt = Gallery.from_store(store, graph_k=None)
+    assert len(rebuilt) == len(records)
+    assert rebuilt.int_ids().tolist() == store.int_ids().tolist()
+    qs = unit(np.random.default_rng(0).standard_normal((8, DIM)))
+    same_results(direct, rebuilt, qs, top_k=10, filters=SearchFilter(exclude_camera="c1"))
+    same_results(direct, rebuilt, qs, top_k=5, aggregate="mean")
+    for r in records[:5]:
+        np.testing.assert_array_equal(rebuilt.vectors([r.int_id])[0], r.descriptor)
+    with pytest.raises(DimensionMismatch):
+        Gallery(DIM + 1, graph_k=None).rebuild_from(store)
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
@@ -447,3 +465,38 @@ def test_save_snapshot_refuses_a_gallery_that_disagrees_with_the_store(tmp_path:
         g.add_records(records[:-1])
         with pytest.raises(ValueError, match="rebuild the gallery"):
             save_snapshot(g, store, tmp_path / "snap")
+
+
+def test_concurrent_searches_and_updates() -> None:
+    entries, feats, centres = clustered(n_ids=30, per_id=8, seed=21)
+    g = Gallery(DIM, kind="hnsw", graph_k=None, options=IndexOptions(tombstone_ratio=0.05))
+    g.add(entries[:120], feats[:120])
+    errors: list[BaseException] = []
+    qs = queries(centres, 20, seed=2)
+    stop = threading.Event()
+
+    def searcher() -> None:
+        try:
+            while not stop.is_set():
+                for q in qs:
+                    res = g.search(q, top_k=5, filters=SearchFilter(exclude_camera="c2"))
+                    assert all(h.camera != "c2" for h in res.tracklets)
+                    assert [h.rank for h in res.identities] == list(range(1, len(res.identities) + 1))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=searcher) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for start in range(120, len(entries), 10):
+            g.add(entries[start : start + 10], feats[start : start + 10])  # new ids
+            g.remove([entries[start - 120].int_id])  # tombstones and compactions under load
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    assert len(g) == len(entries) - 12
+    res = g.search(qs[0], top_k=100, candidates=len(entries))
+    assert len(res.tracklets) == len(g)
