@@ -1,0 +1,717 @@
+"""k-reciprocal re-ranking (Zhong et al., CVPR 2017): exact over a query set, and restricted to a
+query's candidates for serving.
+
+Definitions (SPEC section 4; the standard implementation, reproduced step by step):
+    d(i, j)   squared Euclidean distance between descriptors (NOT the Euclidean distance),
+              over all N = Q + G items; each row i is divided by m_i = max_j d(i, j) (the standard
+              divides each column by its max and transposes; d is symmetric, so this is the same).
+    N(i, k)   the k + 1 nearest items of i by d (i itself included, ties by index).
+    R(i, k)   {j in N(i, k) : i in N(j, k)}, the k-reciprocal neighbours.
+    R*(i)     R(i, k1) united with R(j, round(k1 / 2)) of every j in R(i, k1) for which
+              |R(j, round(k1/2)) ∩ R(i, k1)| > 2/3 |R(j, round(k1/2))|.
+    V(i, j)   exp(-d(i, j) / m_i) / sum_{l in R*(i)} exp(-d(i, l) / m_i) for j in R*(i), else 0.
+    V'(i)     mean of V(j) over the k2 nearest j of i (i included); V' = V when k2 = 1.
+    J(q, g)   1 - sum_l min(V'(q, l), V'(g, l)) / sum_l max(V'(q, l), V'(g, l)).
+    final     (1 - lambda) * J(q, g) + lambda * d(q, g) / m_q.
+
+The standard implementation stores several dense N x N arrays and argsorts them all. Here the
+N x N distances are only ever seen one block at a time (symmetric blocks, so half the product),
+keeping per row the nearest neighbours and the row max; V is sparse (about 1.5 * k1 entries a
+row), and the Jaccard sum of minima runs over the pairs of rows sharing a column only. The same
+sparse steps, fed with neighbour lists from ``GalleryNeighborGraph``, give the candidate-restricted
+variant used by the service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+Tensor = torch.Tensor
+PairDistance = Callable[[Tensor, Tensor], Tensor]
+
+_BLOCK = 2048  # rows/columns of one block of the N x N distance matrix
+_ROW_CHUNK = 4096  # rows whose k-reciprocal sets are built at once
+_GATHER_CHUNK = 8192  # descriptor pairs gathered at once for direct distances
+_PAIR_CHUNK = 1 << 22  # (query entry, gallery entry) pairs per Jaccard chunk
+_NORM_TOLERANCE = 1e-3  # unit-norm check of graph descriptors
+
+
+def _half(k1: int) -> int:
+    """round(k1 / 2) with round-half-to-even, as ``np.around`` in the standard implementation."""
+    return round(k1 / 2)
+
+
+def _check_params(k1: int, k2: int, lambda_value: float) -> None:
+    for name, v in (("k1", k1), ("k2", k2)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    if not 0.0 <= float(lambda_value) <= 1.0:
+        raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value!r}")
+
+
+# ---- sparse building blocks (torch, any device) --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Lists:
+    """Sorted neighbour lists over M items, the basis of every k-reciprocal step.
+
+    idx: [M + 1, W] int64, row i = the W nearest items of i (normally i itself first), ascending
+         distance. Entry M means "absent"; row M is all-absent, so gathers through absent entries
+         stay in bounds and never match a real item.
+    dist: [M + 1, W] squared Euclidean distance of each entry (inf where absent).
+    rowmax: [M] normaliser m_i of each row (> 0).
+    """
+
+    idx: Tensor
+    dist: Tensor
+    rowmax: Tensor
+
+    @property
+    def size(self) -> int:
+        return self.idx.shape[0] - 1
+
+
+@dataclass(frozen=True)
+class _CSR:
+    """Sparse rows: row r holds (cols[indptr[r]:indptr[r+1]], vals[...]), cols ascending."""
+
+    indptr: Tensor  # [R + 1] int64
+    cols: Tensor  # [nnz] int64
+    vals: Tensor  # [nnz]
+
+    @staticmethod
+    def concat(parts: list[_CSR]) -> _CSR:
+        offsets = torch.cumsum(torch.stack([p.indptr[-1] for p in parts]), 0)
+        indptr = [parts[0].indptr] + [p.indptr[1:] + offsets[i] for i, p in enumerate(parts[1:])]
+        return _CSR(torch.cat(indptr), torch.cat([p.cols for p in parts]), torch.cat([p.vals for p in parts]))
+
+
+def _ragged(starts: Tensor, lens: Tensor) -> tuple[Tensor, Tensor]:
+    """Concatenated ranges [starts[i], starts[i] + lens[i]) -> (owner i of each element, value)."""
+    owner = torch.repeat_interleave(torch.arange(len(lens), device=lens.device), lens)
+    offsets = torch.cumsum(lens, 0) - lens
+    values = torch.arange(len(owner), device=lens.device) - offsets[owner] + starts[owner]
+    return owner, values
+
+
+def _reciprocal(idx: Tensor, rows: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """R(i, k) for i in rows as (N(i, k) [R, k+1] ids, mask [R, k+1] of the reciprocal ones)."""
+    fwd = idx[rows, : k + 1]
+    back = idx[fwd, : k + 1]  # [R, k+1, k+1]
+    return fwd, (back == rows[:, None, None]).any(-1)
+
+
+def _expanded_members(lists: _Lists, rows: Tensor, k1: int) -> tuple[Tensor, Tensor, Tensor]:
+    """R*(i) for i in rows -> (counts [R], cols [nnz] ascending per row, d(i, col) [nnz] or NaN).
+
+    The distance is known (from the list) for members of R(i, k1); NaN marks expansion members
+    whose distance to i is still to be computed.
+    """
+    m = lists.size
+    num = len(rows)
+    fwd, rmask = _reciprocal(lists.idx, rows, k1)  # [R, a]
+    a = fwd.shape[1]
+    cand_rows = torch.unique(fwd[rmask])
+    hfwd, hmask = _reciprocal(lists.idx, cand_rows, _half(k1))  # [C, h]
+    h = hfwd.shape[1]
+    slot = torch.full((m + 1,), 0, dtype=torch.int64, device=rows.device)
+    slot[cand_rows] = torch.arange(len(cand_rows), device=rows.device)
+    pj = slot[fwd]  # only meaningful where rmask
+    cand = hfwd[pj]  # [R, a, h]: R(j, k1/2) of each candidate j
+    cmask = hmask[pj] & rmask[:, :, None]
+    size = cmask.sum(-1)
+    # |R(j, k1/2) ∩ R(i, k1)| by binary search in i's sorted reciprocal set (-1 = not a member).
+    members = torch.where(rmask, fwd, -1).sort(dim=1).values
+    flat = cand.reshape(num, a * h)
+    at = torch.searchsorted(members, flat).clamp_(max=a - 1)
+    inside = (members.gather(1, at) == flat).view(num, a, h) & cmask
+    # Same float expression as the standard's `> 2./3*len(...)`, so boundary cases agree exactly.
+    expand = rmask & (inside.sum(-1).double() > (2.0 / 3.0) * size.double())
+    base = torch.where(rmask, fwd, m)
+    ext = torch.where(cmask & expand[:, :, None], cand, m).view(num, a * h)
+    # Sort (col, origin) keys: a col's entry from R(i, k1), which carries a known distance, sorts
+    # before the same col coming from an expansion, and duplicates after the first are dropped.
+    keys, order = torch.cat([base * 2, ext * 2 + 1], 1).sort(dim=1)
+    cols = keys // 2
+    first = torch.ones_like(cols, dtype=torch.bool)
+    first[:, 1:] = cols[:, 1:] != cols[:, :-1]
+    keep = first & (cols != m)
+    nan = torch.full((num, a * h), float("nan"), dtype=lists.dist.dtype, device=rows.device)
+    known = torch.cat([torch.where(rmask, lists.dist[rows, :a], float("nan")), nan], 1).gather(1, order)
+    return keep.sum(1), cols[keep], known[keep]
+
+
+def _expanded_weights(lists: _Lists, rows: Tensor, k1: int, pair_dist: PairDistance) -> _CSR:
+    """V(i, .) for i in rows as sparse rows (see module docstring)."""
+    parts = []
+    for s in range(0, len(rows), _ROW_CHUNK):
+        chunk = rows[s : s + _ROW_CHUNK]
+        counts, cols, dist = _expanded_members(lists, chunk, k1)
+        owner = torch.repeat_interleave(torch.arange(len(chunk), device=rows.device), counts)
+        unknown = torch.isnan(dist)
+        if bool(unknown.any()):
+            dist[unknown] = pair_dist(chunk[owner[unknown]], cols[unknown]).to(dist.dtype)
+        w = torch.exp(-dist / lists.rowmax[chunk][owner])
+        total = torch.zeros(len(chunk), dtype=w.dtype, device=w.device).index_add_(0, owner, w)
+        indptr = torch.zeros(len(chunk) + 1, dtype=torch.int64, device=rows.device)
+        indptr[1:] = torch.cumsum(counts, 0)
+        parts.append(_CSR(indptr, cols, w / total[owner]))
+    return _CSR.concat(parts)
+
+
+def _gather_rows(v: _CSR, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Entries of the given rows of v -> (owner position in rows, cols, vals)."""
+    starts = v.indptr[rows]
+    owner, pos = _ragged(starts, v.indptr[rows + 1] - starts)
+    return owner, v.cols[pos], v.vals[pos]
+
+
+def _query_expanded(v: _CSR, pos_of: Tensor, lists: _Lists, rows: Tensor, k2: int) -> _CSR:
+    """V'(i, .) for i in rows: the mean of V over the k2 nearest of i (V itself when k2 = 1).
+
+    pos_of: [M + 1] position in v of each item (v must hold every needed row).
+    """
+    m = lists.size
+    if k2 == 1:
+        owner, cols, vals = _gather_rows(v, pos_of[rows])
+        indptr = torch.zeros(len(rows) + 1, dtype=torch.int64, device=rows.device)
+        indptr[1:] = torch.cumsum(torch.bincount(owner, minlength=len(rows)), 0)
+        return _CSR(indptr, cols, vals)
+    parts = []
+    for s in range(0, len(rows), _ROW_CHUNK):
+        chunk = rows[s : s + _ROW_CHUNK]
+        nb = lists.idx[chunk, :k2]
+        present = nb != m
+        who = torch.arange(len(chunk), device=rows.device)[:, None].expand_as(nb)[present]
+        e_owner, cols, vals = _gather_rows(v, pos_of[nb[present]])
+        e_owner = who[e_owner]
+        key, perm = (e_owner * (m + 1) + cols).sort()
+        uniq, inverse = torch.unique_consecutive(key, return_inverse=True)
+        sums = torch.zeros(len(uniq), dtype=vals.dtype, device=vals.device).index_add_(0, inverse, vals[perm])
+        u_owner = uniq // (m + 1)
+        sums /= present.sum(1).to(vals.dtype)[u_owner]
+        indptr = torch.zeros(len(chunk) + 1, dtype=torch.int64, device=rows.device)
+        indptr[1:] = torch.cumsum(torch.bincount(u_owner, minlength=len(chunk)), 0)
+        parts.append(_CSR(indptr, uniq % (m + 1), sums))
+    return _CSR.concat(parts)
+
+
+def _jaccard_min(v: _CSR, q_rows: Tensor, g_rows: Tensor, m: int) -> Iterator[tuple[int, int, Tensor]]:
+    """Yield (a, b, S) with S[i, j] = sum_l min(v[q_rows[a + i], l], v[g_rows[j], l]) [b - a, ng].
+
+    Only pairs of entries sharing a column contribute (the standard's inverted-index trick).
+    """
+    ng = len(g_rows)
+    g_owner, g_cols, g_vals = _gather_rows(v, g_rows)
+    order = torch.argsort(g_cols, stable=True)
+    g_owner, g_cols, g_vals = g_owner[order], g_cols[order], g_vals[order]
+    col_ptr = torch.zeros(m + 2, dtype=torch.int64, device=v.cols.device)
+    col_ptr[1:] = torch.cumsum(torch.bincount(g_cols, minlength=m + 1), 0)
+    q_owner, q_cols, q_vals = _gather_rows(v, q_rows)
+    n_pairs = col_ptr[q_cols + 1] - col_ptr[q_cols]
+    q_entry_ptr = torch.zeros(len(q_rows) + 1, dtype=torch.int64, device=v.cols.device)
+    q_entry_ptr[1:] = torch.cumsum(torch.bincount(q_owner, minlength=len(q_rows)), 0)
+    per_query = torch.zeros(len(q_rows), dtype=torch.int64, device=v.cols.device).index_add_(
+        0, q_owner, n_pairs
+    )
+    cum = torch.cumsum(per_query, 0).tolist()
+    entry_ptr = q_entry_ptr.tolist()
+    a = 0
+    while a < len(q_rows):
+        done = cum[a - 1] if a else 0
+        b = a + 1
+        while b < len(q_rows) and cum[b] - done <= _PAIR_CHUNK:
+            b += 1
+        e0, e1 = entry_ptr[a], entry_ptr[b]
+        owner, pos = _ragged(col_ptr[q_cols[e0:e1]], n_pairs[e0:e1])
+        mins = torch.minimum(q_vals[e0:e1][owner], g_vals[pos])
+        flat = (q_owner[e0:e1][owner] - a) * ng + g_owner[pos]
+        out = torch.zeros((b - a) * ng, dtype=v.vals.dtype, device=v.vals.device).index_add_(0, flat, mins)
+        yield a, b, out.view(b - a, ng)
+        a = b
+
+
+def _mix_into(original: Tensor, min_sum: Tensor, lambda_value: float) -> Tensor:
+    """original <- lambda * original + (1 - lambda) * (1 - sum(min) / sum(max)), in place.
+
+    sum(max) = 2 - sum(min) because every row of V' sums to 1; min_sum is overwritten.
+    """
+    ratio = min_sum.div_(min_sum.neg().add_(2.0))
+    return original.mul_(lambda_value).add_(ratio.neg_().add_(1.0), alpha=1.0 - lambda_value)
+
+
+# ---- exact re-ranking ----------------------------------------------------------------------------
+
+
+def _merge_nearest(cur_v: Tensor, cur_i: Tensor, new_v: Tensor, new_i: Tensor) -> tuple[Tensor, Tensor]:
+    """Keep the W smallest of two [R, *] candidate sets (W = cur's width)."""
+    v = torch.cat([cur_v, new_v], 1)
+    i = torch.cat([cur_i, new_i], 1)
+    best_v, at = v.topk(cur_v.shape[1], dim=1, largest=False)
+    return best_v, i.gather(1, at)
+
+
+def _sort_lists(v: Tensor, i: Tensor) -> tuple[Tensor, Tensor]:
+    """Order each row by (distance, index) so ties break by index as in a stable argsort."""
+    by_index = torch.argsort(i, dim=1, stable=True)
+    v, i = v.gather(1, by_index), i.gather(1, by_index)
+    by_dist = torch.argsort(v, dim=1, stable=True)
+    return v.gather(1, by_dist), i.gather(1, by_dist)
+
+
+def _exact_lists(x: Tensor, num_q: int, width: int) -> tuple[_Lists, Tensor]:
+    """Neighbour lists over all rows of x [N, d] and the raw query-gallery block [Q, N - Q].
+
+    Each block pair (I, J >= I) of the squared-distance matrix is computed once and feeds the
+    lists and row maxima of both I (its rows) and J (its columns).
+    """
+    n = x.shape[0]
+    dev, dt = x.device, x.dtype
+    sq = (x * x).sum(1)
+    best_v = torch.full((n, width), float("inf"), dtype=dt, device=dev)
+    best_i = torch.full((n, width), n, dtype=torch.int64, device=dev)
+    rowmax = torch.zeros(n, dtype=dt, device=dev)
+    qg = torch.empty((num_q, n - num_q), dtype=dt, device=dev)
+    for i0 in range(0, n, _BLOCK):
+        i1 = min(i0 + _BLOCK, n)
+        for j0 in range(i0, n, _BLOCK):
+            j1 = min(j0 + _BLOCK, n)
+            d = torch.addmm(sq[None, j0:j1], x[i0:i1], x[j0:j1].T, alpha=-2.0)
+            d.add_(sq[i0:i1, None]).clamp_(min=0.0)
+            if i0 == j0:
+                d.diagonal().zero_()
+            rowmax[i0:i1] = torch.maximum(rowmax[i0:i1], d.amax(1))
+            v, at = d.topk(min(width, j1 - j0), dim=1, largest=False)
+            best_v[i0:i1], best_i[i0:i1] = _merge_nearest(best_v[i0:i1], best_i[i0:i1], v, at + j0)
+            if j0 != i0:
+                rowmax[j0:j1] = torch.maximum(rowmax[j0:j1], d.amax(0))
+                dt_ = d.T.contiguous()
+                v, at = dt_.topk(min(width, i1 - i0), dim=1, largest=False)
+                best_v[j0:j1], best_i[j0:j1] = _merge_nearest(best_v[j0:j1], best_i[j0:j1], v, at + i0)
+            r1, c0 = min(i1, num_q), max(j0, num_q)
+            if r1 > i0 and j1 > c0:
+                qg[i0:r1, c0 - num_q : j1 - num_q] = d[: r1 - i0, c0 - j0 :]
+    best_v, best_i = _sort_lists(best_v, best_i)
+    idx = torch.cat([best_i, torch.full((1, width), n, dtype=torch.int64, device=dev)])
+    dist = torch.cat([best_v, torch.full((1, width), float("inf"), dtype=dt, device=dev)])
+    # A row of identical descriptors has max 0; the standard divides by zero there (NaN).
+    rowmax = torch.where(rowmax > 0, rowmax, torch.ones_like(rowmax))
+    return _Lists(idx, dist, rowmax), qg
+
+
+def _feature_pair_distance(x: Tensor, sq: Tensor) -> PairDistance:
+    """d(a, b) = |x_a|^2 + |x_b|^2 - 2 x_a . x_b for index pairs, computed in gathered chunks."""
+
+    def pair_distance(a: Tensor, b: Tensor) -> Tensor:
+        out = torch.empty(len(a), dtype=x.dtype, device=x.device)
+        for s in range(0, len(a), _GATHER_CHUNK):
+            aa, bb = a[s : s + _GATHER_CHUNK], b[s : s + _GATHER_CHUNK]
+            dot = torch.bmm(x[aa].unsqueeze(1), x[bb].unsqueeze(2)).view(-1)
+            out[s : s + _GATHER_CHUNK] = sq[aa] + sq[bb] - 2.0 * dot
+        return torch.where(a == b, torch.zeros_like(out), out.clamp_(min=0.0))
+
+    return pair_distance
+
+
+def k_reciprocal(
+    qf: np.ndarray | Tensor,
+    gf: np.ndarray | Tensor,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+) -> np.ndarray | Tensor:
+    """k-reciprocal re-ranked distances [Q, G] between query descriptors qf [Q, d] and gallery
+    descriptors gf [G, d] (Zhong et al. 2017, exactly as the standard implementation; see the
+    module docstring). The original distance is the SQUARED Euclidean distance of the descriptors
+    (callers with Euclidean distances would square them), normalised per row by its max over all
+    Q + G items; the returned value mixes (1 - lambda) * Jaccard + lambda * that normalised
+    distance. Lower = closer.
+
+    numpy in -> numpy out; torch in -> torch out on the input's device (CPU or CUDA). Computed in
+    float64 when an input is float64, else float32. Exact ties at the k-th neighbour are broken
+    arbitrarily (the standard's quicksort is unstable there too); elsewhere ties go by index.
+    Memory is O(N * k1^2 + Q * G): no dense N x N array is formed.
+    """
+    _check_params(k1, k2, lambda_value)
+    if isinstance(qf, np.ndarray) and isinstance(gf, np.ndarray):
+        as_numpy = True
+        q_t, g_t = torch.from_numpy(qf), torch.from_numpy(gf)
+    elif isinstance(qf, Tensor) and isinstance(gf, Tensor):
+        as_numpy = False
+        q_t, g_t = qf.detach(), gf.detach()
+        if q_t.device != g_t.device:
+            raise ValueError(f"qf is on {q_t.device} but gf is on {g_t.device}")
+    else:
+        raise ValueError(
+            f"qf and gf must both be numpy arrays or both torch tensors, got {type(qf).__name__} "
+            f"and {type(gf).__name__}"
+        )
+    if q_t.ndim != 2 or g_t.ndim != 2 or q_t.shape[1] != g_t.shape[1]:
+        raise ValueError(
+            f"qf [Q, d] and gf [G, d] must be 2-D with equal d, got {tuple(q_t.shape)} and {tuple(g_t.shape)}"
+        )
+    if not q_t.is_floating_point() or not g_t.is_floating_point():
+        raise ValueError("qf and gf must be floating-point descriptors")
+    dtype = torch.float64 if torch.float64 in (q_t.dtype, g_t.dtype) else torch.float32
+    num_q, num_g = q_t.shape[0], g_t.shape[0]
+    x = torch.cat([q_t, g_t]).to(dtype)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("qf and gf must be finite")
+    if num_q == 0 or num_g == 0:
+        out = torch.zeros((num_q, num_g), dtype=dtype, device=x.device)
+        return out.cpu().numpy() if as_numpy else out
+    n = num_q + num_g
+    lists, final = _exact_lists(x, num_q, min(max(k1 + 1, k2), n))
+    final /= lists.rowmax[:num_q, None]
+    rows = torch.arange(n, device=x.device)
+    v = _expanded_weights(lists, rows, k1, _feature_pair_distance(x, (x * x).sum(1)))
+    v = _query_expanded(v, torch.cat([rows, rows.new_full((1,), -1)]), lists, rows, k2)
+    for a, b, min_sum in _jaccard_min(v, rows[:num_q], rows[num_q:], n):
+        _mix_into(final[a:b], min_sum, lambda_value)
+    return final.cpu().numpy() if as_numpy else final
+
+
+# ---- candidate-restricted re-ranking for serving -------------------------------------------------
+
+_GRAPH_ROWS = 2048  # new/recomputed rows per block of the graph's distance computations
+_GRAPH_COLS = 8192  # columns per block
+
+
+def _check_unit_rows(x: np.ndarray, dim: int, name: str) -> np.ndarray:
+    """x as a C-contiguous float32 [n, dim] array of unit rows, or ValueError naming the problem."""
+    a = np.asarray(x)
+    if a.ndim != 2 or a.shape[1] != dim:
+        raise ValueError(f"{name} must have shape [n, {dim}], got {a.shape}")
+    if a.dtype.kind != "f":
+        raise ValueError(f"{name} must be floating point, got dtype {a.dtype}")
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contains non-finite values")
+    norms = np.linalg.norm(a, axis=1)
+    bad = np.flatnonzero(np.abs(norms - 1.0) > _NORM_TOLERANCE)
+    if len(bad):
+        raise ValueError(f"{name} rows must be L2-normalised: row {bad[0]} has norm {norms[bad[0]]:.6f}")
+    return a
+
+
+def _check_ids(ids: np.ndarray, name: str) -> np.ndarray:
+    a = np.asarray(ids)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
+    if a.size and a.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be integers, got dtype {a.dtype}")
+    a = a.astype(np.int64)
+    if len(np.unique(a)) != len(a):
+        raise ValueError(f"{name} contains duplicates")
+    return a
+
+
+def _unit_sqdist(a: Tensor, b: Tensor) -> Tensor:
+    """Squared Euclidean distance of unit vectors, 2 - 2 a.b^T, clamped at 0: [len(a), len(b)]."""
+    return torch.addmm(torch.full((1, 1), 2.0, dtype=a.dtype), a, b.T, alpha=-2.0).clamp_(min=0.0)
+
+
+class GalleryNeighborGraph:
+    """kNN graph over gallery descriptors, kept up to date as items are added/removed.
+
+    Every item keeps its k nearest other items (distance = squared Euclidean = 2 - 2 cos on the
+    unit-norm descriptors, ascending) and its row max m_i (its largest distance to any item, as
+    of the last time its row was computed or an item was added; removals leave it as an upper
+    bound until the row is recomputed). Descriptors live in a growable float32 array with an
+    id -> row map; removal moves the last rows into the holes.
+
+    ``rerank`` runs the k-reciprocal steps of ``k_reciprocal`` for one query restricted to its
+    candidates and their graph neighbourhoods (cost independent of the gallery size):
+      * the query's neighbour list is its candidates by distance; a gallery item's list is its
+        graph list, with the query inserted where it is closer, for candidates only (a
+        non-candidate is assumed too far from the query to hold it in its top k1);
+      * normalisers m_i: the stored row max (raised to d(i, q) for candidates); for the query,
+        the max distance to the candidates when they are the whole gallery (exact), else that
+        or the nearest candidate's row max, whichever is larger (a far item of the query's
+        nearest neighbour is about as far from the query);
+      * other queries take no part (in a batch evaluation they also enter gallery items' lists).
+    With the whole gallery as candidates this is ``k_reciprocal`` of the single query, up to
+    float32 rounding.
+    """
+
+    def __init__(self, dim: int, k: int = 30) -> None:
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be an int >= 1, got {dim!r}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        self.dim = dim
+        self.k = k
+        self._n = 0
+        self._feats = np.empty((0, dim), dtype=np.float32)
+        self._ids = np.empty(0, dtype=np.int64)
+        self._nbr = np.empty((0, k), dtype=np.int64)  # rows of the k nearest other items, -1 = none
+        self._nbr_d = np.empty((0, k), dtype=np.float32)  # their distances, inf = none
+        self._rowmax = np.empty(0, dtype=np.float32)
+        self._row_of: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __contains__(self, id_: object) -> bool:
+        try:
+            return int(id_) in self._row_of  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            return False
+
+    def ids(self) -> np.ndarray:
+        """Ids of all items, in storage order: int64 [len(self)]."""
+        return self._ids[: self._n].copy()
+
+    def neighbors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Graph lists of the given items: (neighbour ids int64 [n, k], distances float32 [n, k]),
+        nearest first; -1 / inf pad lists of a gallery with at most k items."""
+        rows = self._rows_of(_check_ids(ids, "ids"))
+        nbr = self._nbr[rows]
+        return np.where(nbr >= 0, self._ids[nbr], -1), self._nbr_d[rows].copy()
+
+    def _rows_of(self, ids: np.ndarray) -> np.ndarray:
+        try:
+            return np.fromiter((self._row_of[i] for i in ids.tolist()), dtype=np.int64, count=len(ids))
+        except KeyError as e:
+            raise KeyError(f"id {e.args[0]} is not in the gallery graph") from None
+
+    def _reserve(self, n: int) -> None:
+        cap = len(self._ids)
+        if n <= cap:
+            return
+        cap = max(n, 2 * cap, 1024)
+
+        def grown(a: np.ndarray, fill: float | int) -> np.ndarray:
+            out = np.full((cap, *a.shape[1:]), fill, dtype=a.dtype)
+            out[: self._n] = a[: self._n]
+            return out
+
+        self._feats = grown(self._feats, 0.0)
+        self._ids = grown(self._ids, -1)
+        self._nbr = grown(self._nbr, -1)
+        self._nbr_d = grown(self._nbr_d, np.inf)
+        self._rowmax = grown(self._rowmax, 0.0)
+
+    def add(self, ids: np.ndarray, feats: np.ndarray) -> None:
+        """Add items (ids int64 [n], new and unique; feats float32 [n, dim], unit norm)."""
+        ids = _check_ids(ids, "ids")
+        feats = _check_unit_rows(feats, self.dim, "feats")
+        if len(feats) != len(ids):
+            raise ValueError(f"ids has {len(ids)} entries but feats has {len(feats)} rows")
+        present = [i for i in ids.tolist() if i in self._row_of]
+        if present:
+            raise ValueError(f"ids already in the gallery graph: {present[:5]}")
+        if len(ids) == 0:
+            return
+        n0, n1 = self._n, self._n + len(ids)
+        self._reserve(n1)
+        self._feats[n0:n1] = feats
+        self._ids[n0:n1] = ids
+        self._nbr[n0:n1] = -1
+        self._nbr_d[n0:n1] = np.inf
+        self._rowmax[n0:n1] = 0.0
+        self._row_of.update(zip(ids.tolist(), range(n0, n1), strict=True))
+        self._n = n1
+        self._link_new_rows(n0)
+
+    def _link_new_rows(self, n0: int) -> None:
+        """Lists of rows [n0, n) against all rows, and insertion of them into older rows' lists.
+
+        Each pair is computed once: a new block sees all columns before its end; columns before
+        n0 (older rows) also take the block's rows as neighbour candidates.
+        """
+        n, k = self._n, self.k
+        feats = torch.from_numpy(self._feats[:n])
+        nbr = torch.from_numpy(self._nbr[:n])  # views: writes land in the numpy arrays
+        nbr_d = torch.from_numpy(self._nbr_d[:n])
+        rowmax = torch.from_numpy(self._rowmax[:n])
+        for i0 in range(n0, n, _GRAPH_ROWS):
+            i1 = min(i0 + _GRAPH_ROWS, n)
+            best_v = torch.full((i1 - i0, k), float("inf"))
+            best_i = torch.full((i1 - i0, k), -1, dtype=torch.int64)
+            rmax = torch.zeros(i1 - i0)
+            for j0 in range(0, i1, _GRAPH_COLS):
+                j1 = min(j0 + _GRAPH_COLS, i1)
+                d = _unit_sqdist(feats[i0:i1], feats[j0:j1])
+                rmax = torch.maximum(rmax, d.amax(1))
+                lo, hi = max(i0, j0), min(i1, j1)
+                if lo < hi:
+                    self_rows = torch.arange(lo, hi)
+                    d[self_rows - i0, self_rows - j0] = float("inf")
+                v, at = d.topk(min(k, j1 - j0), dim=1, largest=False)
+                best_v, best_i = _merge_nearest(best_v, best_i, v, at + j0)
+                c1 = min(j1, n0)
+                if c1 > j0:
+                    old = d[:, : c1 - j0]
+                    rowmax[j0:c1] = torch.maximum(rowmax[j0:c1], old.amax(0))
+                    # Only older rows whose k-th distance the block beats need a merge.
+                    upd = torch.nonzero(old.amin(0) < nbr_d[j0:c1, k - 1]).squeeze(1)
+                    if len(upd):
+                        v, at = old[:, upd].T.contiguous().topk(min(k, i1 - i0), dim=1, largest=False)
+                        r = upd + j0
+                        nbr_d[r], nbr[r] = _merge_nearest(nbr_d[r], nbr[r], v, at + i0)
+            best_i[torch.isinf(best_v)] = -1
+            nbr_d[i0:i1], nbr[i0:i1] = best_v, best_i
+            rowmax[i0:i1] = rmax
+
+    def _recompute_rows(self, rows: np.ndarray) -> None:
+        """Recompute the lists and row maxima of the given rows against all rows."""
+        n, k = self._n, self.k
+        feats = torch.from_numpy(self._feats[:n])
+        for s in range(0, len(rows), _GRAPH_ROWS):
+            r = torch.from_numpy(rows[s : s + _GRAPH_ROWS])
+            best_v = torch.full((len(r), k), float("inf"))
+            best_i = torch.full((len(r), k), -1, dtype=torch.int64)
+            rmax = torch.zeros(len(r))
+            fr = feats[r]
+            for j0 in range(0, n, _GRAPH_COLS):
+                j1 = min(j0 + _GRAPH_COLS, n)
+                d = _unit_sqdist(fr, feats[j0:j1])
+                rmax = torch.maximum(rmax, d.amax(1))
+                own = torch.nonzero((r >= j0) & (r < j1)).squeeze(1)
+                d[own, r[own] - j0] = float("inf")
+                v, at = d.topk(min(k, j1 - j0), dim=1, largest=False)
+                best_v, best_i = _merge_nearest(best_v, best_i, v, at + j0)
+            best_i[torch.isinf(best_v)] = -1
+            self._nbr[r.numpy()] = best_i.numpy()
+            self._nbr_d[r.numpy()] = best_v.numpy()
+            self._rowmax[r.numpy()] = rmax.numpy()
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Remove items (unknown ids -> KeyError, nothing removed) and repair the lists that held them."""
+        ids = _check_ids(ids, "ids")
+        rows = self._rows_of(ids)
+        if len(rows) == 0:
+            return
+        n = self._n
+        keep_n = n - len(rows)
+        gone = np.zeros(n + 1, dtype=bool)  # index n stands for the -1 "no neighbour" entries
+        gone[rows] = True
+        affected = np.flatnonzero(gone[self._nbr[:n]].any(1) & ~gone[:n])
+        holes = np.sort(rows[rows < keep_n])
+        movers = np.flatnonzero(~gone[keep_n:n]) + keep_n
+        remap = np.arange(n + 1)
+        remap[rows] = -1
+        remap[movers] = holes
+        remap[n] = -1
+        for a in (self._feats, self._ids, self._nbr, self._nbr_d, self._rowmax):
+            a[holes] = a[movers]
+        for i in ids.tolist():
+            del self._row_of[i]
+        self._row_of.update(zip(self._ids[holes].tolist(), holes.tolist(), strict=True))
+        self._n = keep_n
+        self._nbr[:keep_n] = remap[self._nbr[:keep_n]]
+        self._nbr[keep_n:n] = -1
+        self._nbr_d[keep_n:n] = np.inf
+        self._recompute_rows(remap[affected])
+
+    def rerank(
+        self,
+        query: np.ndarray,
+        candidate_ids: np.ndarray,
+        k1: int = 20,
+        k2: int = 6,
+        lambda_value: float = 0.3,
+    ) -> np.ndarray:
+        """Re-ranked distance float32 [K] of a unit-norm query [dim] to each of its candidates
+        (gallery ids [K], e.g. its FAISS top-K), in candidate order; lower = better. See the class
+        docstring for how this approximates ``k_reciprocal``. Requires k1 <= k and k2 <= k + 1."""
+        _check_params(k1, k2, lambda_value)
+        if k1 > self.k:
+            raise ValueError(f"k1={k1} exceeds the graph's neighbour-list length k={self.k}")
+        if k2 > self.k + 1:
+            raise ValueError(f"k2={k2} exceeds the graph's neighbour-list length + 1 ({self.k + 1})")
+        q = _check_unit_rows(np.asarray(query).reshape(1, -1), self.dim, "query")[0]
+        cand = _check_ids(candidate_ids, "candidate_ids")
+        if len(cand) == 0:
+            return np.empty(0, dtype=np.float32)
+        rows = self._rows_of(cand)
+        n, k, width = self._n, self.k, self.k + 1
+        qid = n  # the query's id in the graph's row space
+        num_c = len(rows)
+        dq = np.maximum(2.0 - 2.0 * (self._feats[rows] @ q), 0.0).astype(np.float32)
+
+        # Neighbour lists in row space, self first: the query's from its candidates, candidates'
+        # with the query inserted (after equal distances: its row id is the largest).
+        near = np.lexsort((rows, dq))[: width - 1]
+        q_idx = np.full(width, -1, dtype=np.int64)
+        q_dst = np.full(width, np.inf, dtype=np.float32)
+        q_idx[0], q_dst[0] = qid, 0.0
+        q_idx[1 : 1 + len(near)], q_dst[1 : 1 + len(near)] = rows[near], dq[near]
+        c_idx = np.concatenate([self._nbr[rows], np.full((num_c, 1), qid)], 1)
+        c_dst = np.concatenate([self._nbr_d[rows], dq[:, None]], 1)
+        o = np.argsort(c_dst, axis=1, kind="stable")[:, :k]
+        c_idx, c_dst = np.take_along_axis(c_idx, o, 1), np.take_along_axis(c_dst, o, 1)
+        by_row = np.argsort(rows)
+        rows_sorted = rows[by_row]
+
+        def lists_of(items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            out_i = np.empty((len(items), width), dtype=np.int64)
+            out_d = np.empty((len(items), width), dtype=np.float32)
+            out_i[:, 0], out_d[:, 0] = items, 0.0
+            gal = items < qid
+            g = items[gal]
+            li, ld = self._nbr[g], self._nbr_d[g]
+            at = np.searchsorted(rows_sorted, g).clip(max=num_c - 1)
+            is_c = rows_sorted[at] == g
+            li[is_c], ld[is_c] = c_idx[by_row[at[is_c]]], c_dst[by_row[at[is_c]]]
+            out_i[gal, 1:], out_d[gal, 1:] = li, ld
+            out_i[~gal], out_d[~gal] = q_idx, q_dst
+            return out_i, out_d
+
+        def grow(items: np.ndarray, prefix: int) -> np.ndarray:
+            e = lists_of(items)[0][:, :prefix].ravel()
+            return np.unique(np.concatenate([items, e[e >= 0]]))
+
+        # Items whose lists the steps read: V rows (candidates' k2-neighbourhoods), their k1-lists,
+        # and the round(k1/2)-lists of those. List entries outside this set become "absent".
+        s0 = np.concatenate([[qid], rows])
+        p_set = grow(s0, k2)
+        universe = grow(grow(p_set, k1 + 1), _half(k1) + 1)
+        m = len(universe)
+        li, ld = lists_of(universe)
+        at = np.searchsorted(universe, li).clip(max=m - 1)
+        found = (li >= 0) & (universe[at] == li)
+        idx = np.vstack([np.where(found, at, m), np.full((1, width), m)])
+        dist = np.vstack([np.where(found, ld, np.inf), np.full((1, width), np.inf)]).astype(np.float32)
+        rowmax = np.empty(m, dtype=np.float32)
+        gal = universe < qid
+        rowmax[gal] = self._rowmax[universe[gal]]
+        c_pos = np.searchsorted(universe, rows)
+        rowmax[c_pos] = np.maximum(rowmax[c_pos], dq)
+        m_q = float(dq.max()) if num_c == n else max(float(dq.max()), float(self._rowmax[rows[dq.argmin()]]))
+        rowmax[m - 1] = m_q  # the query's row id is the largest
+        rowmax = np.where(rowmax > 0, rowmax, 1.0).astype(np.float32)
+        lists = _Lists(torch.from_numpy(idx), torch.from_numpy(dist), torch.from_numpy(rowmax))
+
+        feats_t, q_t, uni_t = (
+            torch.from_numpy(self._feats[:n]),
+            torch.from_numpy(q),
+            torch.from_numpy(universe),
+        )
+
+        def pair_distance(a: Tensor, b: Tensor) -> Tensor:
+            def gather(loc: Tensor) -> Tensor:
+                g = uni_t[loc]
+                f = feats_t[g.clamp(max=n - 1)]
+                f[g == qid] = q_t
+                return f
+
+            d = (2.0 - 2.0 * (gather(a) * gather(b)).sum(1)).clamp_(min=0.0)
+            return torch.where(a == b, torch.zeros_like(d), d)
+
+        p_loc = torch.from_numpy(np.searchsorted(universe, p_set))
+        v = _expanded_weights(lists, p_loc, k1, pair_distance)
+        pos_of = torch.full((m + 1,), -1, dtype=torch.int64)
+        pos_of[p_loc] = torch.arange(len(p_loc))
+        v = _query_expanded(v, pos_of, lists, torch.from_numpy(np.searchsorted(universe, s0)), k2)
+        ((_, _, min_sum),) = list(
+            _jaccard_min(v, torch.zeros(1, dtype=torch.int64), torch.arange(1, num_c + 1), m)
+        )
+        out = torch.from_numpy((dq / np.float32(m_q if m_q > 0 else 1.0)).astype(np.float32))
+        return _mix_into(out, min_sum[0], lambda_value).numpy()
