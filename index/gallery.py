@@ -847,6 +847,10 @@ class Gallery:
         n = len(self._entries)
         k = min(n, max(want, want_identities) * (self.options.filter_expansion if filt is not None else 1))
         q2 = q.reshape(1, -1)
+        # An exact index may grow the pool up to the whole gallery (its cost barely depends on k);
+        # an approximate one grows once, then the exact scan below is cheaper than a huge
+        # efSearch / nprobe and is guaranteed complete.
+        growths_left = n if self._backend.exact else 1
         while True:
             ids = self._backend.search(q2, k)
             if filt is not None:
@@ -854,8 +858,9 @@ class Gallery:
             cut = self._enough_prefix(ids, want, want_identities)
             if cut is not None:
                 return ids[:cut], self._backend.exact
-            if k >= n:
+            if k >= n or growths_left == 0:
                 break
+            growths_left -= 1
             k = min(n, k * 4)
         # Too few survived: a selective filter or an approximate index that returned fewer than
         # asked. Scan the whole admissible subset exactly so nothing that exists is left out.
