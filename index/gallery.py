@@ -943,6 +943,9 @@ def check_descriptors(x: object, dim: int, name: str, single: bool = False) -> n
     if not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"{name} must be floating point, got dtype {x.dtype}")
     out = np.ascontiguousarray(x, dtype=np.float32)
+    if single or not out.flags.writeable:
+        # Never hand a caller's (possibly read-only) buffer on to FAISS or torch.
+        out = out.copy()
     if not np.all(np.isfinite(out)):
         raise ValueError(f"{name} contains NaN or infinite values")
     flat = out.reshape(-1, dim)

@@ -500,3 +500,64 @@ def test_concurrent_searches_and_updates() -> None:
     assert len(g) == len(entries) - 12
     res = g.search(qs[0], top_k=100, candidates=len(entries))
     assert len(res.tracklets) == len(g)
+
+
+# ---- re-ranking -------------------------------------------------------------------------------
+def test_rerank_with_whole_gallery_as_candidates_equals_exact_k_reciprocal() -> None:
+    from index.rerank import k_reciprocal
+
+    entries, feats, centres = clustered(n_ids=15, per_id=6, seed=31)
+    g = Gallery(DIM, graph_k=20)
+    g.add(entries[:50], feats[:50])
+    g.add(entries[50:], feats[50:])  # the graph is maintained incrementally
+    params = RerankParams(k1=20, k2=6, lambda_value=0.3)
+    ids = np.array([e.int_id for e in entries])
+    for q in queries(centres, 3, seed=8):
+        res = g.search(q, top_k=15, rerank=params, candidates=len(entries))
+        assert res.reranked and len(res.tracklets) == len(entries)
+        want = k_reciprocal(q[None], feats, k1=20, k2=6, lambda_value=0.3)[0]
+        got = {h.int_id: h for h in res.tracklets}
+        np.testing.assert_allclose([got[i].rerank_distance for i in ids], want, atol=1e-4)
+        for h in res.tracklets:
+            assert h.score == pytest.approx(1.0 - h.rerank_distance, abs=1e-7)  # type: ignore[operator]
+            assert h.cosine == pytest.approx(float(feats[(h.int_id - 10) // 3] @ q), abs=1e-5)
+        assert [h.score for h in res.tracklets] == sorted((h.score for h in res.tracklets), reverse=True)
+        for hit in res.identities:  # max aggregation over the re-ranked scores
+            assert hit.score == max(t.score for t in hit.tracklets)
+
+
+def test_rerank_follows_updates_filters_and_snapshots(tmp_path: Path) -> None:
+    with SQLiteStore(tmp_path / "g.db") as store:
+        records = fill_store(store, n_ids=20, per_id=5, seed=33)
+        g = build_gallery(store, DIM, graph_k=10, snapshot_dir=tmp_path / "snap")
+        params = RerankParams(k1=8, k2=3)
+        q = records[0].descriptor.copy()
+        res = g.search(q, top_k=5, rerank=params, candidates=30)
+        assert res.identities[0].identity == records[0].identity
+        assert len(res.tracklets) >= 30
+
+        filt = SearchFilter(exclude_identities={records[0].identity}, platform="ground")
+        res = g.search(q, top_k=5, rerank=params, candidates=20, filters=filt, aggregate="mean")
+        assert all(filt.matches(g.entry(h.int_id)) for h in res.tracklets)  # type: ignore[arg-type]
+        for hit in res.identities:
+            assert hit.score == pytest.approx(float(np.mean([t.score for t in hit.tracklets])), abs=1e-6)
+
+        # The graph forgets removed items: re-ranking never sees them.
+        gone = [r.int_id for r in records if r.identity == records[0].identity]
+        g.remove(gone)
+        res = g.search(q, top_k=5, rerank=params, candidates=30)
+        assert not {h.int_id for h in res.tracklets} & set(gone)
+
+        # A gallery loaded from the snapshot rebuilds its graph from the indexed vectors.
+        loaded, reason = load_snapshot(tmp_path / "snap", store, DIM, graph_k=10)
+        assert loaded is not None, reason
+        original = build_gallery(store, DIM, graph_k=10)
+        for qq in (records[3].descriptor, records[40].descriptor):
+            a = loaded.search(qq, top_k=5, rerank=params, candidates=25)
+            b = original.search(qq, top_k=5, rerank=params, candidates=25)
+            assert [(h.int_id, h.rerank_distance) for h in a.tracklets] == [
+                (h.int_id, h.rerank_distance) for h in b.tracklets
+            ]
+
+        with pytest.raises(ValueError, match="k1=11 exceeds"):
+            g.search(q, rerank=RerankParams(k1=11))
