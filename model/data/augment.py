@@ -43,43 +43,36 @@ class AugmentParams:
 
 
 def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
-    """``[..., 3, H, W]`` RGB in [0, 1] -> HSV with all channels in [0, 1] (colorsys convention)."""
-    r, g, b = rgb.unbind(-3)
-    maxc = rgb.amax(-3)
-    minc = rgb.amin(-3)
+    """``[..., 3, H, W]`` RGB in [0, 1] -> HSV with all channels in [0, 1] (colorsys convention).
+
+    Hue sector from the arg-max channel (ties resolved r, g, b as colorsys does):
+    ``h = (2 * argmax + (next - after_next) / delta) / 6`` with channels taken cyclically.
+    """
+    maxc, argmax = rgb.max(dim=-3, keepdim=True)
+    minc = rgb.amin(dim=-3, keepdim=True)
     delta = maxc - minc
-    s = delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc))
+    # Cyclic differences per channel: r -> g - b, g -> b - r, b -> r - g.
+    diff = rgb.roll(-1, dims=-3) - rgb.roll(-2, dims=-3)
     safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(delta > 0, torch.remainder(h / 6.0, 1.0), torch.zeros_like(h))
-    return torch.stack((h, s, maxc), dim=-3)
+    h = (torch.gather(diff, -3, argmax) / safe + 2.0 * argmax) / 6.0
+    h = torch.where(delta > 0, torch.remainder(h, 1.0), torch.zeros_like(h))
+    s = delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc))
+    return torch.cat((h, s, maxc), dim=-3)
+
+
+_HSV_OFFSETS = torch.tensor([5.0, 3.0, 1.0]).view(3, 1, 1)
 
 
 def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
-    """Inverse of ``rgb_to_hsv``: ``[..., 3, H, W]`` HSV -> RGB in [0, 1]."""
-    h, s, v = hsv.unbind(-3)
-    h6 = h * 6.0
-    sector = torch.floor(h6)
-    f = h6 - sector
-    sector = sector.long() % 6
-    p = v * (1.0 - s)
-    q = v * (1.0 - s * f)
-    t = v * (1.0 - s * (1.0 - f))
-    # Rows: the (r, g, b) source for each of the six hue sectors.
-    table = torch.stack(
-        (
-            torch.stack((v, t, p), -3),
-            torch.stack((q, v, p), -3),
-            torch.stack((p, v, t), -3),
-            torch.stack((p, q, v), -3),
-            torch.stack((t, p, v), -3),
-            torch.stack((v, p, q), -3),
-        ),
-        dim=0,
-    )
-    index = sector.unsqueeze(-3).expand_as(hsv).unsqueeze(0)
-    return torch.gather(table, 0, index).squeeze(0)
+    """Inverse of ``rgb_to_hsv``: ``[..., 3, H, W]`` HSV -> RGB in [0, 1].
+
+    Closed form per channel n in (5, 3, 1): ``v - v * s * clamp(min(k, 4 - k), 0, 1)`` with
+    ``k = (n + 6h) mod 6``.
+    """
+    h, s, v = hsv.split(1, dim=-3)
+    k = torch.remainder(_HSV_OFFSETS.to(hsv.dtype) + 6.0 * h, 6.0)
+    ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return v - v * s * ramp
 
 
 def adjust_hue(frames: torch.Tensor, shift: float) -> torch.Tensor:
@@ -90,8 +83,8 @@ def adjust_hue(frames: torch.Tensor, shift: float) -> torch.Tensor:
     if not -0.5 <= shift <= 0.5:
         raise ValueError(f"hue shift must be in [-0.5, 0.5], got {shift}")
     hsv = rgb_to_hsv(frames)
-    h, s, v = hsv.unbind(-3)
-    return hsv_to_rgb(torch.stack((torch.remainder(h + shift, 1.0), s, v), dim=-3))
+    hsv[..., 0:1, :, :] = torch.remainder(hsv[..., 0:1, :, :] + shift, 1.0)
+    return hsv_to_rgb(hsv)
 
 
 def draw_erase_box(
