@@ -90,7 +90,10 @@ class SMPLMeasurer:
     @torch.no_grad()
     def measure(self, betas: torch.Tensor) -> list[BodyMeasurements]:
         """``betas: [N, num_betas]`` -> one :class:`BodyMeasurements` per row."""
-        out = self.model(betas=betas.float(), return_verts=True)
+        n = betas.shape[0]
+        # Rest pose for every row: smplx's default pose tensors have batch 1 and would not broadcast.
+        out = self.model(betas=betas.float(), global_orient=torch.zeros(n, 3),
+                         body_pose=torch.zeros(n, self.model.NUM_BODY_JOINTS * 3), return_verts=True)
         verts, joints = out.vertices, out.joints
         res = []
         for v, j in zip(verts, joints):
