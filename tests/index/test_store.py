@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+import subprocess
+import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -489,3 +491,68 @@ def test_ping_and_close(opener: Opener) -> None:
     store.close()
     if isinstance(store, SQLiteStore):
         assert not store.ping()
+
+
+# ---- a writer killed mid-way ----------------------------------------------------------------------
+_WRITER = """
+import sys
+import numpy as np
+from index.store import Record, open_store
+
+url, prefix = sys.argv[1], sys.argv[2]
+store = open_store(url, redis_prefix=prefix)
+rng = np.random.default_rng(0)
+b = 0
+while True:
+    store.put_many([
+        Record(tracklet_id=f"b{b}-{i}", identity=f"p{(b * 7 + i) % 13}", num_frames=1, fingerprint="fp",
+               descriptor=rng.standard_normal(64).astype(np.float32), content_hash=f"h{b}-{i}")
+        for i in range(20)
+    ])
+    print(b, flush=True)
+    b += 1
+"""
+
+
+def test_writer_killed_mid_write_leaves_whole_batches_only(opener: Opener, tmp_path: Path) -> None:
+    store = opener()
+    if isinstance(store, SQLiteStore):
+        url, prefix = f"sqlite:///{store.path}", "-"
+    else:
+        url, prefix = store.url, store.prefix  # type: ignore[attr-defined]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, url, prefix],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        acked = -1
+        assert proc.stdout is not None
+        while acked < 15:  # let it commit some batches, then kill it wherever it is
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read().decode() if proc.stderr else "writer exited"
+            acked = int(line)
+    finally:
+        proc.kill()
+        proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    store.close()
+    store = opener()
+    try:
+        records = list(store.iter_records())
+        per_batch: dict[str, int] = {}
+        for r in records:
+            per_batch[r.tracklet_id.split("-")[0]] = per_batch.get(r.tracklet_id.split("-")[0], 0) + 1
+        assert set(per_batch.values()) == {20}, per_batch  # no half-written batch
+        assert all(f"b{b}" in per_batch for b in range(acked + 1))  # every acknowledged batch is there
+        assert store.count_tracklets() == len(records) == len(store.int_ids())
+        page, total = store.list_identities(0, 1000)
+        assert total == store.count_identities() == len({r.identity for r in records})
+        assert sum(n for _, n in page) == len(records)
+        for name, n in page:
+            assert len(store.get_identity(name)) == n
+    finally:
+        store.close()
