@@ -80,6 +80,7 @@ def test_case_structure(small_build: Path) -> None:
         for q in case.query:
             same = [g for g in case.gallery if g.pid == q.pid]
             assert same and all(g.session != q.session for g in same), "query and gallery from different sessions"
+            assert all(g.camera != q.camera for g in same), "no same-camera (junk) positives"
 
 
 def test_frame_names_follow_grammar(small_build: Path) -> None:
@@ -90,8 +91,9 @@ def test_frame_names_follow_grammar(small_build: Path) -> None:
             assert len(fields) < 8
         else:
             assert len(fields) >= 9
-            altitude, distance, pitch = UAV_POINTS[t.camera - 11]
+            altitude, distance, pitch = UAV_POINTS[t.camera % 100 - 11]
             assert (t.metadata["altitude"], t.metadata["distance"], t.metadata["pitch"]) == (altitude, distance, pitch)
+        assert t.camera // 100 == t.session
         numbers = [int(p.stem.rsplit("_", 1)[1]) for p in t.paths]
         assert numbers == sorted(numbers)
 

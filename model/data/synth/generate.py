@@ -131,7 +131,7 @@ def _manifest_rows(plan: SynthPlan) -> list[ManifestRow]:
     for t in plan.tracklets:
         v = t.view_spec
         for dest in t.destinations:
-            rows.append(ManifestRow(dest, f"{t.pid:04d}", t.folder_name, v.camera, v.platform, t.session))
+            rows.append(ManifestRow(dest, f"{t.pid:04d}", t.folder_name, t.camera, v.platform, t.session))
     rows.sort(key=lambda r: (r.split, r.pid, r.tracklet))
     return rows
 

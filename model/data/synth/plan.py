@@ -14,6 +14,10 @@ the plan. Structure:
   case2 G->A: ground vs aerial; case3 A->A: aerial vs aerial. A fraction of test identities
   are per-case distractors: gallery only.
 
+Camera ids (manifest): ``100 * session + view camera`` (ground 0-2, UAV point k -> 10 + k), so
+a camera is one capture position on one day; query and gallery always come from different
+sessions, so a same-identity gallery item never shares the query's camera (never "junk").
+
 Frame names follow the DetReIDX grammar of ``model.data.detreidx``:
 ground ``{pid:04d}_S{session}_G{camera}_{tracklet:05d}_{frame}`` (5 fields) and aerial
 ``{pid:04d}_S{session}_UAV_{tracklet:05d}_P{point:02d}_{date}_{altitude}_{distance}_{pitch}_{uav}_{frame}``
@@ -102,6 +106,11 @@ class PlannedTracklet:
     @property
     def platform(self) -> str:
         return self.view_spec.platform
+
+    @property
+    def camera(self) -> int:
+        """Manifest camera id: the capture position on this session's day."""
+        return 100 * self.session + self.view_spec.camera
 
     def frame_numbers(self) -> list[int]:
         return [self.first_frame + FRAME_STEP * i for i in range(self.num_frames)]

@@ -26,7 +26,8 @@ UAV_POINTS: tuple[tuple[float, float, float], ...] = (
 class View:
     """One camera position.
 
-    ``camera`` is the manifest camera id (ground 0-2, UAV point k -> 10 + k); ``uav_field`` the
+    ``camera`` is the position id (ground 0-2, UAV point k -> 10 + k; the manifest adds
+    ``100 * session``); ``uav_field`` the
     value written in the frame name's camera field (1 = oblique gimbal, 2 = nadir); headings are
     the person's walking directions relative to the camera (radians, 0 = walking away) from
     which a tracklet draws, with ``heading_jitter`` added.
