@@ -1,0 +1,213 @@
+"""``/tracklets``: enroll from frames, bulk-import descriptors, get and delete."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from pydantic import TypeAdapter
+from starlette.concurrency import run_in_threadpool
+
+from index.store import Record
+from service.api.deps import ReadAccess, ReadyRuntime, WriteAccess
+from service.api.forms import (
+    FRAMES_PROPERTY,
+    check_frame_count,
+    json_body,
+    multipart_body,
+    parse_fields,
+    read_frames_form,
+    read_json,
+)
+from service.core.errors import ApiError
+from service.enrollment import (
+    accept_existing,
+    commit_batch,
+    commit_record,
+    delete_tracklet,
+    descriptor_content_hash,
+    frames_content_hash,
+)
+from service.images import decode_tracklet
+from service.runtime import Runtime
+from service.schemas import BatchRecordIn, BatchResult, EnrollFields, ErrorBody, TrackletDeleted, TrackletOut
+
+router = APIRouter(prefix="/tracklets", tags=["tracklets"])
+
+_BATCH = TypeAdapter(list[BatchRecordIn])
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422, 503)
+}
+_ENROLL_FORM = multipart_body(
+    {
+        "frames": FRAMES_PROPERTY,
+        "identity": {"type": "string", "description": "person identity (required)"},
+        "tracklet_id": {"type": "string", "description": "your id for the tracklet; generated when absent"},
+        "camera": {"type": "string"},
+        "platform": {"type": "string", "enum": ["aerial", "ground"]},
+        "session": {"type": "string"},
+        "metadata": {"type": "string", "description": "a JSON object, stored as given"},
+    },
+    ["frames", "identity"],
+)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=TrackletOut,
+    summary="Enroll a tracklet from its frames",
+    responses={200: {"model": TrackletOut, "description": "already stored with the same content"}, **_ERRORS},
+    openapi_extra=_ENROLL_FORM,
+)
+async def enroll(request: Request, response: Response, _: WriteAccess, runtime: ReadyRuntime) -> TrackletOut:
+    """Frames are embedded and stored; the answer comes after the store has the record (201).
+
+    Idempotent on ``tracklet_id``: the same frames and fields again answer 200 with the stored
+    record; different content under a stored id answers 409.
+    """
+    s = runtime.settings
+    body = await read_frames_form(
+        request,
+        max_frames=s.max_frames_per_tracklet,
+        max_frame_bytes=s.max_frame_bytes,
+        max_field_bytes=s.max_metadata_bytes,
+    )
+    fields = parse_fields(EnrollFields, body.fields)
+    check_frame_count(body.frames, s.max_frames_per_tracklet)
+    data = [f.data for f in body.frames]
+    content_hash = frames_content_hash(
+        data, fields.identity, fields.camera, fields.platform, fields.session, fields.metadata
+    )
+    if fields.tracklet_id is not None:
+        # Decided before decoding: a retried upload costs no embedding.
+        stored = await run_in_threadpool(
+            accept_existing, runtime, fields.tracklet_id, fields.identity, content_hash
+        )
+        if stored is not None:
+            response.status_code = 200
+            return TrackletOut.from_record(stored)
+    frames = await run_in_threadpool(
+        decode_tracklet,
+        [(f.name, f.data) for f in body.frames],
+        runtime.frame_limits,
+        runtime.encoder.input_spec,
+    )
+    descriptor = await runtime.batcher.embed(frames)
+    record = Record(
+        tracklet_id=fields.tracklet_id or uuid.uuid4().hex,
+        identity=fields.identity,
+        num_frames=len(data),
+        fingerprint=runtime.encoder.fingerprint,
+        descriptor=descriptor,
+        content_hash=content_hash,
+        camera=fields.camera,
+        platform=fields.platform,
+        session=fields.session,
+        metadata=fields.metadata,
+    )
+    result = await run_in_threadpool(commit_record, runtime, record, data if s.keep_frames else None)
+    response.status_code = 201 if result.created else 200
+    return TrackletOut.from_record(result.record)
+
+
+def _batch_records(runtime: Runtime, items: list[BatchRecordIn]) -> list[Record]:
+    dim = runtime.encoder.dim
+    fingerprint = runtime.encoder.fingerprint
+    records: list[Record] = []
+    for i, item in enumerate(items):
+        where = f"records[{i}]"
+        if item.fingerprint != fingerprint:
+            raise ApiError(
+                422,
+                "fingerprint_mismatch",
+                f"{where} was made with checkpoint {item.fingerprint}; this gallery holds descriptors of "
+                f"checkpoint {fingerprint} (descriptors of different checkpoints are not comparable)",
+                field=f"{where}.fingerprint",
+            )
+        if len(item.descriptor) != dim:
+            raise ApiError(
+                422,
+                "dimension_mismatch",
+                f"{where}.descriptor has {len(item.descriptor)} values; this checkpoint makes {dim}-d descriptors",
+                field=f"{where}.descriptor",
+            )
+        vec = np.asarray(item.descriptor, dtype=np.float32)
+        if not np.all(np.isfinite(vec)):
+            raise ApiError(
+                422, "non_finite_descriptor", f"{where}.descriptor contains NaN or infinity", field=f"{where}.descriptor"
+            )
+        norm = float(np.linalg.norm(vec.astype(np.float64)))
+        if not math.isclose(norm, 1.0, abs_tol=1e-3):
+            raise ApiError(
+                422,
+                "invalid_descriptor",
+                f"{where}.descriptor must be L2-normalised (norm {norm:.6g})",
+                field=f"{where}.descriptor",
+            )
+        records.append(
+            Record(
+                tracklet_id=item.tracklet_id,
+                identity=item.identity,
+                num_frames=item.num_frames,
+                fingerprint=item.fingerprint,
+                descriptor=vec,
+                content_hash=descriptor_content_hash(
+                    vec, item.identity, item.camera, item.platform, item.session, item.metadata
+                ),
+                camera=item.camera,
+                platform=item.platform,
+                session=item.session,
+                metadata=item.metadata,
+            )
+        )
+    return records
+
+
+@router.post(
+    "/batch",
+    response_model=BatchResult,
+    status_code=201,
+    summary="Bulk-import precomputed descriptors",
+    responses={200: {"model": BatchResult, "description": "every record was already stored"}, **_ERRORS},
+    openapi_extra=json_body({"type": "array", "items": BatchRecordIn.model_json_schema()}),
+)
+async def import_batch(request: Request, response: Response, _: WriteAccess, runtime: ReadyRuntime) -> BatchResult:
+    """A JSON array of records whose descriptors were computed offline with the served checkpoint.
+
+    All-or-nothing: any bad record (wrong fingerprint or dimension, NaN, not unit-norm, an id stored
+    with other content) rejects the whole request and nothing is stored. Send large imports in
+    chunks (``sasreid.client`` sends a few thousand records per request) within
+    ``max_request_bytes`` and ``max_batch_records``.
+    """
+    items = await read_json(request, _BATCH)
+    if not items:
+        raise ApiError(422, "empty_batch", "the batch holds no records", field="records")
+    limit = runtime.settings.max_batch_records
+    if len(items) > limit:
+        raise ApiError(
+            413, "too_many_records", f"{len(items)} records; send at most {limit} per request", field="records"
+        )
+    records = await run_in_threadpool(_batch_records, runtime, items)
+    results = await run_in_threadpool(commit_batch, runtime, records)
+    created = sum(1 for r in results if r.created)
+    response.status_code = 201 if created else 200
+    return BatchResult(created=created, existing=len(results) - created)
+
+
+@router.get("/{tracklet_id}", response_model=TrackletOut, summary="Get a stored tracklet", responses=_ERRORS)
+async def get_tracklet(tracklet_id: str, _: ReadAccess, runtime: ReadyRuntime) -> TrackletOut:
+    record = await run_in_threadpool(runtime.store.get, tracklet_id)
+    if record is None:
+        raise ApiError(404, "tracklet_not_found", f"no tracklet {tracklet_id!r} is stored", field="tracklet_id")
+    return TrackletOut.from_record(record)
+
+
+@router.delete("/{tracklet_id}", response_model=TrackletDeleted, summary="Delete a tracklet", responses=_ERRORS)
+async def remove_tracklet(tracklet_id: str, _: WriteAccess, runtime: ReadyRuntime) -> TrackletDeleted:
+    if not await run_in_threadpool(delete_tracklet, runtime, tracklet_id):
+        raise ApiError(404, "tracklet_not_found", f"no tracklet {tracklet_id!r} is stored", field="tracklet_id")
+    return TrackletDeleted(tracklet_id=tracklet_id)

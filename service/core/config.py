@@ -1,0 +1,127 @@
+"""Service settings: environment variables prefixed ``SASREID_``, overridden by ``sasreid serve`` flags.
+
+Every field below is read from ``SASREID_<FIELD NAME IN UPPER CASE>`` (for example
+``SASREID_MAX_FRAMES_PER_TRACKLET=32``); ``sasreid serve`` flags are passed as constructor
+arguments and so take precedence. Lists of keys are comma-separated.
+
+Input limits are sized for person crops: far-distance crops are tens of pixels high and even
+close-range ground crops rarely exceed 1000x500, so the defaults (2 MB and 16 megapixels per
+frame, 64 frames per tracklet, 64 MB per request) leave ample headroom while bounding the memory a
+single request can make the server spend (64 frames x 16 Mpx x 3 bytes is ~3 GB worst case only if
+every frame is at the limit; the decoded frame is resized to the model's input size immediately).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Backend = Literal["torch", "onnx"]
+Device = Literal["cpu", "cuda"]
+IndexKind = Literal["flat", "ivf", "hnsw"]
+
+DEFAULT_DATA_DIR = Path("sasreid-data")
+DEFAULT_SQLITE_NAME = "gallery.sqlite"
+
+
+class ConfigError(ValueError):
+    """Settings that cannot work together; the message says what to change."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SASREID_", extra="forbid", validate_default=True)
+
+    # ---- model and gallery -------------------------------------------------------------------
+    checkpoint: Path | None = Field(None, description="checkpoint directory (config.json + model.safetensors)")
+    backend: Backend = Field("torch", description="embedding backend")
+    device: Device = Field("cpu", description="device the encoder runs on")
+    store: str | None = Field(
+        None, description="store URL: sqlite:///PATH or redis://HOST:PORT/DB; default an SQLite file in data_dir"
+    )
+    redis_prefix: str = Field("sasreid:", description="key prefix of a Redis store")
+    data_dir: Path = Field(DEFAULT_DATA_DIR, description="where the default SQLite store lives")
+    index: IndexKind = Field("flat", description="FAISS index kind")
+    keep_frames: bool = Field(
+        False, description="keep uploaded frames in the store so `sasreid reembed` can re-embed them later"
+    )
+    snapshot_dir: Path | None = Field(
+        None, description="directory for FAISS snapshots (faster restarts); None rebuilds from the store"
+    )
+    graph_k: int = Field(30, ge=1, description="neighbours per gallery item in the re-ranking graph")
+    search_candidates: int = Field(200, ge=1, description="tracklets taken from the index per query")
+
+    # ---- server ------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+    # ---- auth --------------------------------------------------------------------------------
+    auth: bool = Field(True, description="API-key auth; only SASREID_AUTH=off (or --no-auth) disables it")
+    read_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    write_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+
+    # ---- input limits ------------------------------------------------------------------------
+    max_frames_per_tracklet: int = Field(64, ge=1, le=10_000)
+    max_frame_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    max_request_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
+    max_pixels: int = Field(4096 * 4096, ge=64 * 64, description="width*height limit per frame")
+    max_batch_records: int = Field(20_000, ge=1, description="records per POST /tracklets/batch request")
+    max_top_k: int = Field(1000, ge=1)
+    max_metadata_bytes: int = Field(64 * 1024, ge=256)
+
+    # ---- micro-batching ----------------------------------------------------------------------
+    max_batch: int = Field(8, ge=1, description="tracklets per model call; 1 disables micro-batching")
+    max_wait_ms: float = Field(5.0, ge=0.0, le=1000.0, description="how long a batch waits to fill up")
+
+    # ---- re-ranking defaults -----------------------------------------------------------------
+    rerank_k1: int = Field(20, ge=1)
+    rerank_k2: int = Field(6, ge=1)
+    rerank_lambda: float = Field(0.3, ge=0.0, le=1.0)
+
+    @field_validator("read_keys", "write_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("store", mode="before")
+    @classmethod
+    def _empty_store_is_default(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.rerank_k1 > self.graph_k:
+            raise ValueError(f"rerank_k1={self.rerank_k1} must not exceed graph_k={self.graph_k}")
+        if self.max_frame_bytes > self.max_request_bytes:
+            raise ValueError("max_frame_bytes must not exceed max_request_bytes")
+        return self
+
+    # ---- derived -----------------------------------------------------------------------------
+    @property
+    def store_url(self) -> str:
+        return self.store if self.store is not None else f"sqlite:///{self.default_sqlite_path}"
+
+    @property
+    def default_sqlite_path(self) -> Path:
+        return self.data_dir / DEFAULT_SQLITE_NAME
+
+    def read_key_values(self) -> list[bytes]:
+        return [k.get_secret_value().encode() for k in self.read_keys]
+
+    def write_key_values(self) -> list[bytes]:
+        return [k.get_secret_value().encode() for k in self.write_keys]
+
+    def check_serviceable(self) -> None:
+        """Raise ``ConfigError`` for settings a server must not start with."""
+        if self.checkpoint is None:
+            raise ConfigError("no checkpoint: pass --checkpoint DIR or set SASREID_CHECKPOINT")
+        if self.auth and not self.read_keys and not self.write_keys:
+            raise ConfigError(
+                "auth is on but no API keys are configured: set SASREID_WRITE_KEYS (and optionally "
+                "SASREID_READ_KEYS) to comma-separated keys, or disable auth explicitly with "
+                "SASREID_AUTH=off / --no-auth"
+            )

@@ -1,0 +1,125 @@
+"""Tracklet encoders: one small interface in front of every embedding backend.
+
+The service only ever talks to an ``Encoder``: it turns a batch of preprocessed tracklets
+``[B, T, 3, H, W]`` into L2-normalised float32 descriptors ``[B, D]``. ``make_encoder`` picks the
+implementation from ``settings.backend``; a new backend (ONNX Runtime) is one more class here and
+one more branch there.
+
+Preprocessing is shared by all backends (``prepare_tracklet``): frames are converted with
+``model.preprocess`` (RGB, bicubic resize to the model's input size, CLIP normalisation) after
+frame sampling. A tracklet longer than the model's ``eval_frames`` (8 for the presets) is sampled
+to exactly ``eval_frames`` frames with ``model.sampling.even_indices`` (the centre frame of each of
+``eval_frames`` equal segments, in time order) - the test-time protocol the model is evaluated
+with; a shorter tracklet is used as is, with its own T.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from model.preprocess import images_to_tensor
+from model.sampling import even_indices
+
+if TYPE_CHECKING:
+    from service.core.config import Settings
+
+BackendName = Literal["torch", "onnx"]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model expects: ``size`` = (H, W), normalisation, and frames per tracklet."""
+
+    size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    eval_frames: int
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    fingerprint: str
+    dim: int
+    device: str
+    backend: BackendName
+    input_size: tuple[int, int]
+    input_spec: InputSpec
+
+    def encode(self, frames: np.ndarray | torch.Tensor) -> np.ndarray:
+        """``[B, T, 3, H, W]`` normalised frames -> float32 ``[B, D]``, rows L2-normalised.
+
+        Deterministic and batch-independent: a tracklet's descriptor does not depend on the other
+        tracklets of the batch (the micro-batcher relies on this).
+        """
+        ...
+
+
+def sample_frames(n: int, eval_frames: int) -> np.ndarray:
+    """Indices of the frames a tracklet of ``n`` frames is embedded with (see module docstring)."""
+    if n <= eval_frames:
+        return np.arange(n, dtype=np.int64)
+    return even_indices(n, eval_frames)
+
+
+def prepare_tracklet(images: Sequence[Image.Image], spec: InputSpec) -> np.ndarray:
+    """One tracklet's PIL frames (time order) -> float32 ``[T, 3, H, W]`` model input."""
+    if len(images) == 0:
+        raise ValueError("a tracklet needs at least one frame")
+    picked = [images[i] for i in sample_frames(len(images), spec.eval_frames).tolist()]
+    return images_to_tensor(picked, spec.size, spec.mean, spec.std).numpy()
+
+
+class TorchEncoder:
+    """A SAS-VPReID checkpoint run with PyTorch; bf16 autocast on CUDA, float32 on CPU."""
+
+    backend: BackendName = "torch"
+
+    def __init__(self, checkpoint: str | Path, device: str = "cpu") -> None:
+        from model import load_checkpoint
+
+        if device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' requested but torch sees no CUDA device; use --device cpu")
+        self.model = load_checkpoint(checkpoint, device=device)
+        self.model.eval()
+        if not self.model.fingerprint:
+            raise RuntimeError(f"checkpoint {checkpoint} carries no fingerprint")
+        self.fingerprint: str = self.model.fingerprint
+        self.dim: int = int(self.model.descriptor_dim)
+        self.device: str = device
+        cfg = self.model.cfg
+        self.input_size: tuple[int, int] = tuple(self.model.input_size)  # type: ignore[assignment]
+        self.input_spec = InputSpec(
+            size=self.input_size,
+            mean=tuple(cfg.mean),  # type: ignore[arg-type]
+            std=tuple(cfg.std),  # type: ignore[arg-type]
+            eval_frames=int(cfg.eval_frames),
+        )
+        # embed() switches the module to eval and back; one call at a time keeps that safe.
+        self._lock = threading.Lock()
+
+    def encode(self, frames: np.ndarray | torch.Tensor) -> np.ndarray:
+        x = torch.as_tensor(frames, dtype=torch.float32)
+        if x.dim() != 5 or x.shape[2] != 3 or tuple(x.shape[3:]) != self.input_size:
+            raise ValueError(
+                f"frames must be [B, T, 3, {self.input_size[0]}, {self.input_size[1]}], got {tuple(x.shape)}"
+            )
+        with self._lock, torch.inference_mode():
+            out = self.model.embed(x.to(self.device, non_blocking=True))
+        return out.float().cpu().numpy()
+
+
+def make_encoder(settings: Settings) -> Encoder:
+    """The encoder named by ``settings.backend`` for ``settings.checkpoint`` on ``settings.device``."""
+    if settings.checkpoint is None:
+        raise ValueError("no checkpoint configured")
+    if settings.backend == "torch":
+        return TorchEncoder(settings.checkpoint, device=settings.device)
+    raise ValueError(f"encoder backend {settings.backend!r} is not available in this build; use 'torch'")

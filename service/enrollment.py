@@ -1,0 +1,157 @@
+"""Gallery writes: enroll, bulk import, delete - store first, index second, under one lock.
+
+These functions block (store I/O, FAISS updates); routes run them in the thread pool.
+
+Content hashes make re-uploads idempotent: the hash covers exactly what defines a tracklet - the
+frame bytes in order (or, for bulk imports, the descriptor bytes), the identity and the fields
+(camera, platform, session, metadata) - and not the checkpoint, so a gallery re-embedded with a new
+checkpoint still recognises the same upload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from index.gallery import Gallery, check_descriptors
+from index.store import (
+    DimensionMismatch,
+    FingerprintMismatch,
+    InvalidRecord,
+    PutResult,
+    Record,
+    StoreError,
+    TrackletConflict,
+    TrackletNotFound,
+)
+from service.core.errors import ApiError
+from service.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+# Expected, state-independent refusals: the write certainly did not happen.
+_DEFINITE = (InvalidRecord, TrackletConflict, FingerprintMismatch, DimensionMismatch, TrackletNotFound)
+_INDEX_CHUNK = 10_000
+
+
+def _fields_digest(h: Any, identity: str, camera: str | None, platform: str | None, session: str | None,
+                   metadata: dict[str, Any]) -> None:
+    fields = {"identity": identity, "camera": camera, "platform": platform, "session": session, "metadata": metadata}
+    h.update(json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False).encode())
+
+
+def frames_content_hash(frames: Sequence[bytes], identity: str, camera: str | None, platform: str | None,
+                        session: str | None, metadata: dict[str, Any]) -> str:
+    h = hashlib.sha256(b"sasreid-frames-v1\n")
+    for data in frames:
+        # Length-prefixed digests: frame boundaries are part of the content.
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(hashlib.sha256(data).digest())
+    _fields_digest(h, identity, camera, platform, session, metadata)
+    return h.hexdigest()
+
+
+def descriptor_content_hash(descriptor: np.ndarray, identity: str, camera: str | None, platform: str | None,
+                            session: str | None, metadata: dict[str, Any]) -> str:
+    h = hashlib.sha256(b"sasreid-descriptor-v1\n")
+    h.update(np.ascontiguousarray(descriptor, dtype="<f4").tobytes())
+    _fields_digest(h, identity, camera, platform, session, metadata)
+    return h.hexdigest()
+
+
+def _gallery(runtime: Runtime) -> Gallery:
+    gallery = runtime.gallery
+    if gallery is None:
+        raise ApiError(503, "not_ready", "the gallery index is not restored yet")
+    return gallery
+
+
+def _store_call(runtime: Runtime, what: str, fn: Any, *args: Any) -> Any:
+    """Run a store write; an error that leaves the outcome unknown marks the index for a rebuild."""
+    try:
+        return fn(*args)
+    except _DEFINITE:
+        raise
+    except StoreError as exc:
+        runtime.mark_dirty(f"{what} failed with an unknown outcome: {exc}")
+        raise
+
+
+def _index(runtime: Runtime, records: list[Record]) -> None:
+    gallery = _gallery(runtime)
+    fresh = [r for r in records if gallery.int_id_of(r.tracklet_id) is None]
+    try:
+        for start in range(0, len(fresh), _INDEX_CHUNK):
+            gallery.add_records(fresh[start : start + _INDEX_CHUNK])
+    except (ValueError, RuntimeError) as exc:
+        # The store has the records; the index will be rebuilt from it.
+        runtime.mark_dirty(f"indexing stored records failed: {exc}")
+        raise ApiError(500, "index_error", f"stored, but indexing failed (index rebuild scheduled): {exc}") from exc
+
+
+def check_descriptor(runtime: Runtime, descriptor: np.ndarray, where: str) -> None:
+    """The checks the index would make, done before the store write so the two never disagree."""
+    try:
+        check_descriptors(descriptor, runtime.encoder.dim, where, single=True)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_descriptor", str(exc), field=where) from None
+
+
+def commit_record(runtime: Runtime, record: Record, frames: Sequence[bytes] | None) -> PutResult:
+    """Store one record (with its frames when they are kept), then index it."""
+    check_descriptor(runtime, record.descriptor, "descriptor")
+    with runtime.write_lock:
+        result: PutResult = _store_call(runtime, "enroll", runtime.store.put, record, frames)
+        _index(runtime, [result.record])
+    return result
+
+
+def accept_existing(runtime: Runtime, tracklet_id: str, identity: str, content_hash: str) -> Record | None:
+    """Answer a re-upload of a stored tracklet id without embedding it.
+
+    Returns the stored record when the content is the same (indexing it if the index lacks it),
+    raises ``TrackletConflict`` when it differs, and returns None when the id is not stored.
+    """
+    if runtime.store.get(tracklet_id) is None:
+        return None
+    with runtime.write_lock:
+        # Read again under the lock: a concurrent delete must not leave the index holding it.
+        stored = runtime.store.get(tracklet_id)
+        if stored is None:
+            return None
+        if stored.content_hash != content_hash or stored.identity != identity:
+            what = "content" if stored.content_hash != content_hash else "identity"
+            raise TrackletConflict(
+                stored.tracklet_id,
+                f"already stored with different {what} (stored identity {stored.identity!r}); "
+                "delete it first to replace it",
+            )
+        _index(runtime, [stored])
+    return stored
+
+
+def commit_batch(runtime: Runtime, records: list[Record]) -> list[PutResult]:
+    """Store a batch all-or-nothing, then index the records the index does not have yet."""
+    with runtime.write_lock:
+        results: list[PutResult] = _store_call(runtime, "bulk import", runtime.store.put_many, records)
+        _index(runtime, [r.record for r in results])
+    return results
+
+
+def delete_tracklet(runtime: Runtime, tracklet_id: str) -> bool:
+    with runtime.write_lock:
+        deleted: bool = _store_call(runtime, "delete", runtime.store.delete, tracklet_id)
+        _gallery(runtime).remove_tracklets([tracklet_id])
+    return deleted
+
+
+def delete_identity(runtime: Runtime, identity: str) -> list[str]:
+    with runtime.write_lock:
+        deleted: list[str] = _store_call(runtime, "delete identity", runtime.store.delete_identity, identity)
+        _gallery(runtime).remove_tracklets(deleted)
+    return deleted

@@ -1,0 +1,205 @@
+"""What a running server holds: encoder, store, FAISS gallery, embedding worker, metrics.
+
+Start-up happens in two steps so the server can answer ``/healthz`` and ``/readyz`` (503) while
+the slow part runs:
+
+1. ``open_runtime`` (synchronous, fails fast with ``StartupError``): load the checkpoint, open the
+   store, refuse a store whose descriptors were made by another checkpoint;
+2. ``Runtime.restore_gallery`` (run in the background by the app): rebuild the FAISS gallery from
+   the store (or load a snapshot that agrees with it); the runtime is ready afterwards.
+
+Consistency between store and index: every write takes ``write_lock``, writes the store first and
+updates the index only after the store acknowledged, so the index never holds what the store does
+not. A store error whose outcome is unknown (connection lost during a write) marks the gallery
+dirty; it is rebuilt from the store as soon as the store answers again.
+
+One server process per store: several processes writing the same store would each keep their own
+index and miss the others' writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from index.gallery import Gallery, IndexOptions
+from index.snapshot import build_gallery, save_snapshot
+from index.store import Store, StoreError, open_store
+from service.batching import MicroBatcher
+from service.core.config import Settings
+from service.encoders import Encoder, make_encoder
+from service.images import FrameLimits, install_pil_guard
+from service.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+Phase = Literal["starting", "ready", "failed"]
+
+
+class StartupError(RuntimeError):
+    """The server cannot start; the message tells the user what to do."""
+
+
+def redact_url(url: str) -> str:
+    """A store URL safe to log or return: any password is replaced by ``***``."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    encoder: Encoder
+    store: Store
+    batcher: MicroBatcher
+    metrics: ServiceMetrics
+    gallery: Gallery | None = None
+    phase: Phase = "starting"
+    error: str | None = None
+    write_lock: threading.Lock = field(default_factory=threading.Lock)
+    _dirty: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def ready(self) -> bool:
+        return self.phase == "ready" and self.gallery is not None
+
+    @property
+    def frame_limits(self) -> FrameLimits:
+        return FrameLimits(self.settings.max_frame_bytes, self.settings.max_pixels)
+
+    @property
+    def store_url(self) -> str:
+        return redact_url(self.store.url)
+
+    @property
+    def index_options(self) -> IndexOptions:
+        return IndexOptions()
+
+    # ---- gallery ---------------------------------------------------------------------------
+    def restore_gallery(self) -> None:
+        """Build the index from the store (or a matching snapshot); then the runtime is ready."""
+        start = time.perf_counter()
+        try:
+            gallery = build_gallery(
+                self.store,
+                self.encoder.dim,
+                self.settings.index,
+                use_gpu=None if self.settings.device == "cuda" else False,
+                graph_k=self.settings.graph_k,
+                options=self.index_options,
+                snapshot_dir=self.settings.snapshot_dir,
+            )
+        except Exception as exc:
+            self.phase = "failed"
+            self.error = f"could not restore the gallery index from {self.store_url}: {exc}"
+            self.metrics.ready.set(0)
+            raise StartupError(self.error) from exc
+        self.gallery = gallery
+        # Read through self.gallery at scrape time: resync() may swap the index.
+        self.metrics.bind_gallery(
+            lambda: float(len(self.gallery)) if self.gallery is not None else 0.0,
+            lambda: float(len(self.gallery.identities())) if self.gallery is not None else 0.0,
+        )
+        self.phase = "ready"
+        self.metrics.ready.set(1)
+        log.info("gallery ready: %d tracklets indexed in %.1fs", len(gallery), time.perf_counter() - start)
+
+    def mark_dirty(self, reason: str) -> None:
+        """The index may disagree with the store (a write's outcome is unknown): rebuild it soon."""
+        if not self._dirty.is_set():
+            log.warning("gallery index marked for rebuild: %s", reason)
+        self._dirty.set()
+
+    @property
+    def dirty(self) -> bool:
+        return self._dirty.is_set()
+
+    def resync(self) -> bool:
+        """Rebuild the index from the store if it is marked dirty and the store answers.
+
+        Writes wait during the rebuild; searches keep using the old index until the swap.
+        Returns True when a rebuild happened.
+        """
+        if not self._dirty.is_set() or not self.ready or not self.store.ping():
+            return False
+        with self.write_lock:
+            self._dirty.clear()
+            try:
+                fresh = Gallery(
+                    self.encoder.dim,
+                    kind=self.settings.index,
+                    use_gpu=None if self.settings.device == "cuda" else False,
+                    graph_k=self.settings.graph_k,
+                    options=self.index_options,
+                )
+                fresh.rebuild_from(self.store)
+            except StoreError as exc:
+                self._dirty.set()
+                log.warning("gallery rebuild postponed: %s", exc)
+                return False
+            self.gallery = fresh
+        log.info("gallery index rebuilt from the store: %d tracklets", len(fresh))
+        return True
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def close(self) -> None:
+        self.batcher.close()
+        if self.ready and self.settings.snapshot_dir is not None and not self.dirty:
+            assert self.gallery is not None
+            try:
+                with self.write_lock:
+                    save_snapshot(self.gallery, self.store, self.settings.snapshot_dir)
+            except (ValueError, OSError, StoreError) as exc:
+                log.warning("gallery snapshot not written at shutdown: %s", exc)
+        self.store.close()
+        self.metrics.ready.set(0)
+
+
+def open_runtime(settings: Settings, metrics: ServiceMetrics | None = None) -> Runtime:
+    """Load the model, open the store and check they belong together (see module docstring)."""
+    from model import CheckpointError
+
+    install_pil_guard(settings.max_pixels)
+    try:
+        encoder = make_encoder(settings)
+    except CheckpointError as exc:
+        raise StartupError(f"cannot load the checkpoint: {exc}") from exc
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise StartupError(f"cannot load the checkpoint {settings.checkpoint}: {exc}") from exc
+    url = settings.store_url
+    try:
+        store = open_store(url, redis_prefix=settings.redis_prefix)
+    except (StoreError, ValueError, OSError) as exc:
+        raise StartupError(f"cannot open the store {redact_url(url)}: {exc}") from exc
+    try:
+        info = store.info()
+        checkpoint = settings.checkpoint
+        if info.fingerprint is not None and info.fingerprint != encoder.fingerprint:
+            raise StartupError(
+                f"the store {redact_url(url)} holds descriptors made with checkpoint {info.fingerprint}, "
+                f"but {checkpoint} has fingerprint {encoder.fingerprint}. Re-embed the gallery with "
+                f"the new checkpoint first: `sasreid reembed --checkpoint {checkpoint} --store {redact_url(url)}` "
+                "(needs frames kept with --keep-frames), or serve the checkpoint the gallery was built with."
+            )
+        if info.dim is not None and info.dim != encoder.dim:
+            raise StartupError(
+                f"the store {redact_url(url)} holds {info.dim}-d descriptors but {checkpoint} makes "
+                f"{encoder.dim}-d ones; run `sasreid reembed --checkpoint {checkpoint} --store {redact_url(url)}`"
+            )
+    except StoreError as exc:
+        store.close()
+        raise StartupError(f"cannot read the store {redact_url(url)}: {exc}") from exc
+    except StartupError:
+        store.close()
+        raise
+    metrics = metrics if metrics is not None else ServiceMetrics()
+    batcher = MicroBatcher(
+        encoder.encode,
+        max_batch=settings.max_batch,
+        max_wait_ms=settings.max_wait_ms,
+        observer=metrics.observe_batch,
+    )
+    return Runtime(settings=settings, encoder=encoder, store=store, batcher=batcher, metrics=metrics)

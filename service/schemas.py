@@ -1,0 +1,236 @@
+"""Request and response bodies of the API (pydantic models; they also make the OpenAPI docs)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from index.store import Record
+
+# Ids appear in URL paths (GET /tracklets/{id}): no slash, no control characters, no surrounding
+# whitespace, bounded length.
+_ID_PATTERN = r"^[^/\x00-\x1f\x7f\s](?:[^/\x00-\x1f\x7f]*[^/\x00-\x1f\x7f\s])?$"
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_ID_PATTERN)]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=_ID_PATTERN)]
+Platform = Literal["aerial", "ground"]
+
+
+def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError as exc:
+        raise ValueError(f"metadata must be plain JSON (no NaN or infinity): {exc}") from None
+    return value
+
+
+class ErrorDetail(BaseModel):
+    error: str = Field(description="machine-readable error code")
+    message: str = Field(description="what was wrong, for people")
+    field: str | None = Field(None, description="the request field at fault, when one is")
+    file: str | None = Field(None, description="the uploaded file at fault, when one is")
+
+
+class ErrorBody(BaseModel):
+    detail: ErrorDetail
+
+
+# ---- tracklets ---------------------------------------------------------------------------------
+class EnrollFields(BaseModel):
+    """The non-file fields of ``POST /tracklets`` (multipart form)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    identity: Identifier
+    tracklet_id: Identifier | None = None
+    camera: Label | None = None
+    platform: Platform | None = None
+    session: Label | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _parse_metadata(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not value.strip():
+                return {}
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"metadata must be a JSON object string: {exc}") from None
+            if not isinstance(parsed, dict):
+                raise ValueError(f"metadata must be a JSON object, got {type(parsed).__name__}")
+            return parsed
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _plain_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_metadata(value)
+
+
+class TrackletOut(BaseModel):
+    """A stored tracklet (its descriptor is never returned)."""
+
+    tracklet_id: str
+    identity: str
+    camera: str | None
+    platform: Platform | None
+    session: str | None
+    num_frames: int
+    metadata: dict[str, Any]
+    created_at: float
+    fingerprint: str
+    content_hash: str
+
+    @classmethod
+    def from_record(cls, record: Record) -> TrackletOut:
+        return cls(
+            tracklet_id=record.tracklet_id,
+            identity=record.identity,
+            camera=record.camera,
+            platform=record.platform,
+            session=record.session,
+            num_frames=record.num_frames,
+            metadata=record.metadata,
+            created_at=record.created_at,
+            fingerprint=record.fingerprint,
+            content_hash=record.content_hash,
+        )
+
+
+class BatchRecordIn(BaseModel):
+    """One precomputed descriptor for ``POST /tracklets/batch``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tracklet_id: Identifier
+    identity: Identifier
+    descriptor: list[float] = Field(description="L2-normalised descriptor made by the served checkpoint")
+    fingerprint: str = Field(min_length=1, description="fingerprint of the checkpoint that made the descriptor")
+    camera: Label | None = None
+    platform: Platform | None = None
+    session: Label | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    num_frames: int = Field(0, ge=0, description="frames the descriptor was computed from (informational)")
+
+    @field_validator("metadata")
+    @classmethod
+    def _plain_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_metadata(value)
+
+
+class BatchResult(BaseModel):
+    created: int = Field(description="records stored by this request")
+    existing: int = Field(description="records that were already stored with the same content")
+
+
+class TrackletDeleted(BaseModel):
+    tracklet_id: str
+    deleted: bool = True
+
+
+# ---- identities --------------------------------------------------------------------------------
+class IdentitySummary(BaseModel):
+    identity: str
+    tracklets: int
+
+
+class IdentityPage(BaseModel):
+    items: list[IdentitySummary]
+    total: int
+    offset: int
+    limit: int
+
+
+class IdentityOut(BaseModel):
+    identity: str
+    tracklets: list[TrackletOut]
+
+
+class IdentityDeleted(BaseModel):
+    identity: str
+    deleted: list[str] = Field(description="ids of the removed tracklets")
+
+
+# ---- query -------------------------------------------------------------------------------------
+class QueryOptions(BaseModel):
+    """Search options of ``POST /query`` (form fields with uploaded frames, or JSON with ``tracklet_id``)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    top_k: int = Field(10, ge=1, description="identities to return")
+    rerank: bool = Field(False, description="k-reciprocal re-ranking inside the candidate set")
+    k1: int | None = Field(None, ge=1, description="re-ranking k1 (default from settings)")
+    k2: int | None = Field(None, ge=1, description="re-ranking k2 (default from settings)")
+    lambda_value: float | None = Field(
+        None, alias="lambda", ge=0.0, le=1.0, description="re-ranking lambda (default from settings)"
+    )
+    platform: Platform | None = Field(None, description="only gallery tracklets from this platform")
+    camera: Label | None = Field(None, description="only gallery tracklets from this camera")
+    query_camera: Label | None = Field(
+        None, description="camera of the query tracklet (a tracklet_id query defaults to the stored one)"
+    )
+    exclude_same_camera: bool = Field(
+        False, description="drop gallery tracklets from the query's camera (needs query_camera)"
+    )
+    aggregate: Literal["max", "mean"] = Field("max", description="identity score from its tracklet scores")
+
+
+class QueryByTracklet(QueryOptions):
+    tracklet_id: Identifier = Field(description="an enrolled tracklet; it is excluded from its own results")
+
+
+class TrackletScore(BaseModel):
+    tracklet_id: str
+    score: float
+    camera: str | None
+    platform: Platform | None
+
+
+class IdentityResult(BaseModel):
+    rank: int
+    identity: str
+    score: float
+    tracklets: list[TrackletScore]
+
+
+class Timings(BaseModel):
+    decode: float = Field(description="validating and decoding uploaded frames, ms")
+    embed: float = Field(description="waiting for and running the model, ms")
+    search: float = Field(description="candidate search and identity aggregation, ms")
+    rerank: float = Field(description="k-reciprocal re-ranking of the candidates, ms (0 when off)")
+    total: float
+
+
+class QueryResponse(BaseModel):
+    results: list[IdentityResult]
+    reranked: bool
+    timings_ms: Timings
+
+
+# ---- service -----------------------------------------------------------------------------------
+class Stats(BaseModel):
+    tracklets: int = Field(description="tracklets in the store")
+    identities: int = Field(description="identities in the store")
+    indexed_tracklets: int = Field(description="tracklets in the search index (equals tracklets when in sync)")
+    fingerprint: str
+    backend: str
+    device: str
+    dim: int
+    index: str
+    store: str = Field(description="store URL (password redacted)")
+    keep_frames: bool
+    ready: bool
+    max_frames_per_tracklet: int = Field(description="frames a tracklet upload may have")
+    max_frame_bytes: int = Field(description="bytes a frame may have")
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    ready: bool
+    tracklets: int | None = None

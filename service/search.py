@@ -1,0 +1,134 @@
+"""Turning query options into a gallery search, and the search result into the API's ranking.
+
+Filters: ``platform`` and ``camera`` keep only gallery tracklets with that value;
+``exclude_same_camera`` drops gallery tracklets recorded by the query's camera (``query_camera``,
+which a ``tracklet_id`` query takes from the stored tracklet unless given).
+
+Query by enrolled tracklet: the tracklet is removed from its own results. The gallery is asked for
+one identity more than ``top_k``; the query tracklet is then dropped from its identity's list and
+that identity's score recomputed from its remaining tracklets (it disappears if it has none). With
+``max`` aggregation and no re-ranking this is exactly the ranking of the gallery without the query
+tracklet; with re-ranking, the query tracklet still takes part in the k-reciprocal neighbourhoods
+of the candidates (it is a gallery item), it is only removed from the answer.
+
+Timing: ``search`` is the plain candidate search and identity aggregation. With re-ranking the
+gallery is searched again with re-ranking on, and ``rerank`` is the extra time that search took
+over the plain one (the gallery does not report its stages separately).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from index.gallery import Gallery, IdentityHit, RerankParams, SearchFilter, TrackletHit
+from service.core.config import Settings
+from service.core.errors import ApiError
+from service.schemas import IdentityResult, QueryOptions, TrackletScore
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    results: list[IdentityResult]
+    reranked: bool
+    search_ms: float
+    rerank_ms: float
+
+
+def build_filter(options: QueryOptions, query_camera: str | None) -> SearchFilter | None:
+    if options.exclude_same_camera and query_camera is None:
+        raise ApiError(
+            422,
+            "missing_query_camera",
+            "exclude_same_camera needs the query's camera: send query_camera (the camera that recorded the "
+            "query), or query with an enrolled tracklet that has a camera",
+            field="query_camera",
+        )
+    filt = SearchFilter(
+        platform=options.platform,
+        camera=options.camera,
+        exclude_camera=query_camera if options.exclude_same_camera else None,
+    )
+    return filt if filt.active else None
+
+
+def build_rerank(options: QueryOptions, settings: Settings) -> RerankParams | None:
+    if not options.rerank:
+        return None
+    k1 = options.k1 if options.k1 is not None else settings.rerank_k1
+    if k1 > settings.graph_k:
+        raise ApiError(
+            422, "invalid_rerank", f"k1={k1} exceeds the gallery neighbour graph's k={settings.graph_k}", field="k1"
+        )
+    return RerankParams(
+        k1=k1,
+        k2=options.k2 if options.k2 is not None else settings.rerank_k2,
+        lambda_value=options.lambda_value if options.lambda_value is not None else settings.rerank_lambda,
+    )
+
+
+def _without(hits: list[IdentityHit], tracklet_id: str, top_k: int, aggregate: str) -> list[IdentityHit]:
+    kept: list[tuple[float, int, str, list[TrackletHit]]] = []
+    for hit in hits:
+        tracklets = [t for t in hit.tracklets if t.tracklet_id != tracklet_id]
+        if not tracklets:
+            continue
+        if len(tracklets) == len(hit.tracklets):
+            score = hit.score
+        elif aggregate == "max":
+            score = tracklets[0].score
+        else:
+            score = float(np.mean(np.array([t.score for t in tracklets], dtype=np.float64)))
+        kept.append((score, tracklets[0].int_id, hit.identity, tracklets))
+    kept.sort(key=lambda k: (-k[0], k[1]))
+    return [
+        IdentityHit(rank=r, identity=name, score=score, tracklets=tracklets)
+        for r, (score, _, name, tracklets) in enumerate(kept[:top_k], start=1)
+    ]
+
+
+def run_search(
+    gallery: Gallery,
+    settings: Settings,
+    descriptor: np.ndarray,
+    options: QueryOptions,
+    query_camera: str | None,
+    exclude_tracklet: str | None = None,
+) -> SearchOutcome:
+    """Search the gallery (blocking; call from a worker thread)."""
+    if options.top_k > settings.max_top_k:
+        raise ApiError(422, "invalid_request", f"top_k must be at most {settings.max_top_k}", field="top_k")
+    filt = build_filter(options, query_camera)
+    rerank = build_rerank(options, settings)
+    want = options.top_k + (1 if exclude_tracklet is not None else 0)
+    candidates = max(settings.search_candidates, want)
+
+    start = time.perf_counter()
+    result = gallery.search(descriptor, top_k=want, filters=filt, rerank=None, aggregate=options.aggregate,
+                            candidates=candidates)
+    search_s = time.perf_counter() - start
+    rerank_s = 0.0
+    if rerank is not None:
+        start = time.perf_counter()
+        result = gallery.search(descriptor, top_k=want, filters=filt, rerank=rerank, aggregate=options.aggregate,
+                                candidates=candidates)
+        rerank_s = max(0.0, time.perf_counter() - start - search_s)
+
+    identities = result.identities
+    if exclude_tracklet is not None:
+        identities = _without(identities, exclude_tracklet, options.top_k, options.aggregate)
+    results = [
+        IdentityResult(
+            rank=hit.rank,
+            identity=hit.identity,
+            score=hit.score,
+            tracklets=[
+                TrackletScore(tracklet_id=t.tracklet_id, score=t.score, camera=t.camera, platform=t.platform)  # type: ignore[arg-type]
+                for t in hit.tracklets
+            ],
+        )
+        for hit in identities[: options.top_k]
+    ]
+    return SearchOutcome(results=results, reranked=result.reranked, search_ms=search_s * 1e3, rerank_ms=rerank_s * 1e3)

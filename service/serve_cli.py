@@ -1,0 +1,109 @@
+"""``sasreid serve``: run the retrieval API.
+
+Flags override ``SASREID_*`` environment variables (see ``service.core.config``). The model is
+loaded and the store checked before the port is bound, so a wrong checkpoint, an unreachable store,
+a fingerprint mismatch or missing API keys end the command at once with a message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+from pydantic import ValidationError
+
+_FLAGS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+    (("--checkpoint",), {"help": "checkpoint directory (SASREID_CHECKPOINT)"}),
+    (("--store",), {"help": "sqlite:///PATH or redis://HOST:PORT/DB (SASREID_STORE); default an SQLite file in --data-dir"}),
+    (("--data-dir",), {"help": "directory of the default SQLite store (SASREID_DATA_DIR, default ./sasreid-data)"}),
+    (("--device",), {"choices": ["cpu", "cuda"], "help": "encoder device (SASREID_DEVICE, default cpu)"}),
+    (("--backend",), {"choices": ["torch", "onnx"], "help": "encoder backend (SASREID_BACKEND, default torch)"}),
+    (("--host",), {"help": "bind address (SASREID_HOST, default 127.0.0.1)"}),
+    (("--port",), {"type": int, "help": "port (SASREID_PORT, default 8000)"}),
+    (("--index",), {"choices": ["flat", "ivf", "hnsw"], "help": "FAISS index kind (SASREID_INDEX, default flat)"}),
+    (("--max-batch",), {"type": int, "help": "tracklets per model call; 1 disables micro-batching (SASREID_MAX_BATCH)"}),
+    (("--max-wait-ms",), {"type": float, "help": "micro-batch fill time (SASREID_MAX_WAIT_MS)"}),
+    (("--snapshot-dir",), {"help": "FAISS snapshot directory for fast restarts (SASREID_SNAPSHOT_DIR)"}),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for names, kwargs in _FLAGS:
+        parser.add_argument(*names, default=None, **kwargs)
+    parser.add_argument(
+        "--keep-frames",
+        action="store_const",
+        const=True,
+        default=None,
+        help="keep uploaded frames so `sasreid reembed` can re-embed the gallery later (SASREID_KEEP_FRAMES)",
+    )
+    parser.add_argument(
+        "--no-auth",
+        dest="auth",
+        action="store_const",
+        const=False,
+        default=None,
+        help="disable API keys (SASREID_AUTH=off); otherwise SASREID_WRITE_KEYS/SASREID_READ_KEYS are required",
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = [n[0].lstrip("-").replace("-", "_") for n, _ in _FLAGS] + ["keep_frames", "auth"]
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def _fail(message: str) -> int:
+    print(f"sasreid serve: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import uvicorn
+
+    from service.app import create_app
+    from service.core.config import ConfigError, Settings
+    from service.runtime import StartupError, open_runtime
+
+    try:
+        settings = Settings(**_overrides(args))
+        settings.check_serviceable()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        return _fail(f"invalid settings: {problems}")
+    except ConfigError as exc:
+        return _fail(str(exc))
+    try:
+        runtime = open_runtime(settings)
+    except StartupError as exc:
+        return _fail(str(exc))
+
+    fatal: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def on_fatal(message: str) -> None:
+        fatal.append(message)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(settings, runtime=runtime, on_fatal=on_fatal)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level)
+    server = uvicorn.Server(config)
+    print(
+        f"sasreid serve: http://{settings.host}:{settings.port} (docs at /docs); checkpoint "
+        f"{settings.checkpoint} [{runtime.encoder.fingerprint}, {runtime.encoder.backend}/{runtime.encoder.device}]; "
+        f"store {runtime.store_url}; index {settings.index}; auth {'on' if settings.auth else 'OFF'}",
+        file=sys.stderr,
+        flush=True,
+    )
+    server.run()
+    if fatal:
+        return _fail(fatal[0])
+    if not server.started:
+        return _fail(f"the server did not start on {settings.host}:{settings.port} (see the log above)")
+    return 0
