@@ -234,6 +234,21 @@ def thread_server() -> Iterator[Callable[..., ThreadServer]]:
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def module_thread_server() -> Iterator[Callable[..., ThreadServer]]:
+    """Like ``thread_server``, for servers shared by the tests of a module."""
+    servers: list[ThreadServer] = []
+
+    def start(settings: Settings) -> ThreadServer:
+        server = ThreadServer(settings)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
 @pytest.fixture
 def process_server(tmp_path: Path) -> Iterator[Callable[..., ProcessServer]]:
     """``process_server(args, **env)``: ``sasreid serve ARGS`` subprocesses, stopped afterwards."""
@@ -272,19 +287,19 @@ def opened_runtime() -> Iterator[Callable[[Settings], Runtime]]:
             pass
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_tracklet() -> Callable[..., list[tuple[str, bytes]]]:
     """``make_tracklet(seed, frames=2, fmt="PNG")`` -> [(file name, bytes)] of real encoded images."""
     return tracklet
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_image() -> Callable[..., bytes]:
     """``make_image(seed, fmt="PNG", size=(H, W))`` -> encoded image bytes."""
     return image_bytes
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_settings() -> Callable[..., Settings]:
     """``make_settings(checkpoint, store_url, **overrides)`` -> Settings with the test keys (no env)."""
     return settings_for
