@@ -113,37 +113,51 @@ def _expanded_members(lists: _Lists, rows: Tensor, k1: int) -> tuple[Tensor, Ten
     whose distance to i is still to be computed.
     """
     m = lists.size
-    num = len(rows)
+    dev = rows.device
     fwd, rmask = _reciprocal(lists.idx, rows, k1)  # [R, a]
-    a = fwd.shape[1]
-    cand_rows = torch.unique(fwd[rmask])
-    hfwd, hmask = _reciprocal(lists.idx, cand_rows, _half(k1))  # [C, h]
-    h = hfwd.shape[1]
-    slot = torch.full((m + 1,), 0, dtype=torch.int64, device=rows.device)
-    slot[cand_rows] = torch.arange(len(cand_rows), device=rows.device)
-    pj = slot[fwd]  # only meaningful where rmask
-    cand = hfwd[pj]  # [R, a, h]: R(j, k1/2) of each candidate j
-    cmask = hmask[pj] & rmask[:, :, None]
-    size = cmask.sum(-1)
-    # |R(j, k1/2) ∩ R(i, k1)| by binary search in i's sorted reciprocal set (-1 = not a member).
-    members = torch.where(rmask, fwd, -1).sort(dim=1).values
-    flat = cand.reshape(num, a * h)
-    at = torch.searchsorted(members, flat).clamp_(max=a - 1)
-    inside = (members.gather(1, at) == flat).view(num, a, h) & cmask
+    r_row, r_slot = rmask.nonzero(as_tuple=True)  # entries (i, j) with j in R(i, k1)
+    r_col = fwd[r_row, r_slot]
+    cand_rows = torch.unique(r_col)
+    hfwd, hmask = _reciprocal(lists.idx, cand_rows, _half(k1))  # R(j, k1/2) of each candidate j
+    h_size = hmask.sum(1)
+    h_ptr = torch.cumsum(h_size, 0) - h_size
+    slot = torch.zeros(m + 1, dtype=torch.int64, device=dev)
+    slot[cand_rows] = torch.arange(len(cand_rows), device=dev)
+    cand = slot[r_col]  # candidate index of each (i, j) entry
+    e_src, e_at = _ragged(h_ptr[cand], h_size[cand])  # every (i, j, l) with l in R(j, k1/2)
+    e_row, e_col = r_row[e_src], hfwd[hmask][e_at]
+    # One sort of (i, col, origin) keys: origin 0 = member of R(i, k1) (distance known), origin 1 =
+    # member of a candidate's R(j, k1/2). Equal (i, col) are adjacent with origin 0 first, so a
+    # group starting with origin 0 is a col inside R(i, k1).
+    span = m + 1
+    keys, order = torch.cat([(r_row * span + r_col) * 2, (e_row * span + e_col) * 2 + 1]).sort()
+    pair = keys // 2
+    starts = torch.ones_like(pair, dtype=torch.bool)
+    starts[1:] = pair[1:] != pair[:-1]
+    group = torch.cumsum(starts, 0) - 1
+    in_r = (keys[starts] % 2 == 0)[group]
+    n_r = len(r_row)
+    from_ext = order >= n_r
+    src = e_src[order[from_ext] - n_r]  # the (i, j) entry each expansion member came from
+    inside = torch.zeros(n_r, dtype=torch.int64, device=dev).index_add_(
+        0, src, in_r[from_ext].to(torch.int64)
+    )
     # Same float expression as the standard's `> 2./3*len(...)`, so boundary cases agree exactly.
-    expand = rmask & (inside.sum(-1).double() > (2.0 / 3.0) * size.double())
-    base = torch.where(rmask, fwd, m)
-    ext = torch.where(cmask & expand[:, :, None], cand, m).view(num, a * h)
-    # Sort (col, origin) keys: a col's entry from R(i, k1), which carries a known distance, sorts
-    # before the same col coming from an expansion, and duplicates after the first are dropped.
-    keys, order = torch.cat([base * 2, ext * 2 + 1], 1).sort(dim=1)
-    cols = keys // 2
-    first = torch.ones_like(cols, dtype=torch.bool)
-    first[:, 1:] = cols[:, 1:] != cols[:, :-1]
-    keep = first & (cols != m)
-    nan = torch.full((num, a * h), float("nan"), dtype=lists.dist.dtype, device=rows.device)
-    known = torch.cat([torch.where(rmask, lists.dist[rows, :a], float("nan")), nan], 1).gather(1, order)
-    return keep.sum(1), cols[keep], known[keep]
+    expand = inside.double() > (2.0 / 3.0) * h_size[cand].double()
+    kept = torch.ones_like(starts)
+    kept[from_ext] = expand[src]
+    # Keep the first kept entry of each (i, col) group (origin 0 when col is in R(i, k1)).
+    before = torch.cumsum(kept, 0) - kept.to(torch.int64)
+    first = kept & (before == before[starts][group])
+    pair = pair[first]
+    known = torch.cat(
+        [
+            lists.dist[rows[r_row], r_slot],
+            torch.full((len(e_row),), float("nan"), dtype=lists.dist.dtype, device=dev),
+        ]
+    )
+    counts = torch.bincount(pair // span, minlength=len(rows))
+    return counts, pair % span, known[order[first]]
 
 
 def _expanded_weights(lists: _Lists, rows: Tensor, k1: int, pair_dist: PairDistance) -> _CSR:
@@ -256,6 +270,19 @@ def _merge_nearest(cur_v: Tensor, cur_i: Tensor, new_v: Tensor, new_i: Tensor) -
     return best_v, i.gather(1, at)
 
 
+def _offer(best_v: Tensor, best_i: Tensor, d: Tensor, base: int, transposed: bool) -> None:
+    """Merge a distance block into sorted neighbour lists, in place.
+
+    best_v, best_i: [R, W] lists of the receiving rows (views). Without ``transposed`` row r
+    receives d[r, j] as neighbour base + j; with it, row r receives d[i, r] as neighbour base + i.
+    """
+    block = d.T.contiguous() if transposed else d
+    v, at = block.topk(min(best_v.shape[1], block.shape[1]), dim=1, largest=False)
+    new_v, new_i = _merge_nearest(best_v, best_i, v, at + base)
+    best_v.copy_(new_v)
+    best_i.copy_(new_i)
+
+
 def _sort_lists(v: Tensor, i: Tensor) -> tuple[Tensor, Tensor]:
     """Order each row by (distance, index) so ties break by index as in a stable argsort."""
     by_index = torch.argsort(i, dim=1, stable=True)
@@ -286,13 +313,10 @@ def _exact_lists(x: Tensor, num_q: int, width: int) -> tuple[_Lists, Tensor]:
             if i0 == j0:
                 d.diagonal().zero_()
             rowmax[i0:i1] = torch.maximum(rowmax[i0:i1], d.amax(1))
-            v, at = d.topk(min(width, j1 - j0), dim=1, largest=False)
-            best_v[i0:i1], best_i[i0:i1] = _merge_nearest(best_v[i0:i1], best_i[i0:i1], v, at + j0)
+            _offer(best_v[i0:i1], best_i[i0:i1], d, j0, transposed=False)
             if j0 != i0:
                 rowmax[j0:j1] = torch.maximum(rowmax[j0:j1], d.amax(0))
-                dt_ = d.T.contiguous()
-                v, at = dt_.topk(min(width, i1 - i0), dim=1, largest=False)
-                best_v[j0:j1], best_i[j0:j1] = _merge_nearest(best_v[j0:j1], best_i[j0:j1], v, at + i0)
+                _offer(best_v[j0:j1], best_i[j0:j1], d, i0, transposed=True)
             r1, c0 = min(i1, num_q), max(j0, num_q)
             if r1 > i0 and j1 > c0:
                 qg[i0:r1, c0 - num_q : j1 - num_q] = d[: r1 - i0, c0 - j0 :]
@@ -522,8 +546,9 @@ class GalleryNeighborGraph:
     def _link_new_rows(self, n0: int) -> None:
         """Lists of rows [n0, n) against all rows, and insertion of them into older rows' lists.
 
-        Each pair is computed once: a new block sees all columns before its end; columns before
-        n0 (older rows) also take the block's rows as neighbour candidates.
+        Each pair is computed once: a new block sees all columns before its end, and the rows
+        before the block (older items and earlier new blocks) take the block's rows as neighbour
+        candidates.
         """
         n, k = self._n, self.k
         feats = torch.from_numpy(self._feats[:n])
@@ -543,18 +568,18 @@ class GalleryNeighborGraph:
                 if lo < hi:
                     self_rows = torch.arange(lo, hi)
                     d[self_rows - i0, self_rows - j0] = float("inf")
-                v, at = d.topk(min(k, j1 - j0), dim=1, largest=False)
-                best_v, best_i = _merge_nearest(best_v, best_i, v, at + j0)
-                c1 = min(j1, n0)
+                _offer(best_v, best_i, d, j0, transposed=False)
+                c1 = min(j1, i0)  # rows before this block: older items and earlier new blocks
                 if c1 > j0:
                     old = d[:, : c1 - j0]
                     rowmax[j0:c1] = torch.maximum(rowmax[j0:c1], old.amax(0))
                     # Only older rows whose k-th distance the block beats need a merge.
                     upd = torch.nonzero(old.amin(0) < nbr_d[j0:c1, k - 1]).squeeze(1)
                     if len(upd):
-                        v, at = old[:, upd].T.contiguous().topk(min(k, i1 - i0), dim=1, largest=False)
                         r = upd + j0
-                        nbr_d[r], nbr[r] = _merge_nearest(nbr_d[r], nbr[r], v, at + i0)
+                        nv, ni = nbr_d[r], nbr[r]
+                        _offer(nv, ni, old[:, upd], i0, transposed=True)
+                        nbr_d[r], nbr[r] = nv, ni
             best_i[torch.isinf(best_v)] = -1
             nbr_d[i0:i1], nbr[i0:i1] = best_v, best_i
             rowmax[i0:i1] = rmax
@@ -575,8 +600,7 @@ class GalleryNeighborGraph:
                 rmax = torch.maximum(rmax, d.amax(1))
                 own = torch.nonzero((r >= j0) & (r < j1)).squeeze(1)
                 d[own, r[own] - j0] = float("inf")
-                v, at = d.topk(min(k, j1 - j0), dim=1, largest=False)
-                best_v, best_i = _merge_nearest(best_v, best_i, v, at + j0)
+                _offer(best_v, best_i, d, j0, transposed=False)
             best_i[torch.isinf(best_v)] = -1
             self._nbr[r.numpy()] = best_i.numpy()
             self._nbr_d[r.numpy()] = best_v.numpy()
@@ -647,42 +671,48 @@ class GalleryNeighborGraph:
         c_dst = np.concatenate([self._nbr_d[rows], dq[:, None]], 1)
         o = np.argsort(c_dst, axis=1, kind="stable")[:, :k]
         c_idx, c_dst = np.take_along_axis(c_idx, o, 1), np.take_along_axis(c_dst, o, 1)
-        by_row = np.argsort(rows)
-        rows_sorted = rows[by_row]
+        # Dense maps over the row space (0..n-1 gallery, n the query, n+1 catches -1 entries):
+        # O(n) bytes per call, but far cheaper than sorting/searching the sets below.
+        cand_of = np.full(n + 2, -1, dtype=np.int64)
+        cand_of[rows] = np.arange(num_c)
 
-        def lists_of(items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            out_i = np.empty((len(items), width), dtype=np.int64)
-            out_d = np.empty((len(items), width), dtype=np.float32)
+        def lists_of(items: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
+            out_i = np.empty((len(items), w), dtype=np.int64)
+            out_d = np.empty((len(items), w), dtype=np.float32)
             out_i[:, 0], out_d[:, 0] = items, 0.0
             gal = items < qid
             g = items[gal]
-            li, ld = self._nbr[g], self._nbr_d[g]
-            at = np.searchsorted(rows_sorted, g).clip(max=num_c - 1)
-            is_c = rows_sorted[at] == g
-            li[is_c], ld[is_c] = c_idx[by_row[at[is_c]]], c_dst[by_row[at[is_c]]]
+            li, ld = self._nbr[g, : w - 1], self._nbr_d[g, : w - 1]
+            ci = cand_of[g]
+            is_c = ci >= 0
+            li[is_c], ld[is_c] = c_idx[ci[is_c], : w - 1], c_dst[ci[is_c], : w - 1]
             out_i[gal, 1:], out_d[gal, 1:] = li, ld
-            out_i[~gal], out_d[~gal] = q_idx, q_dst
+            out_i[~gal], out_d[~gal] = q_idx[:w], q_dst[:w]
             return out_i, out_d
 
         def grow(items: np.ndarray, prefix: int) -> np.ndarray:
-            e = lists_of(items)[0][:, :prefix].ravel()
-            return np.unique(np.concatenate([items, e[e >= 0]]))
+            mark = np.zeros(n + 2, dtype=bool)
+            mark[items] = True
+            mark[lists_of(items, prefix)[0]] = True
+            mark[n + 1] = False
+            return np.flatnonzero(mark)
 
         # Items whose lists the steps read: V rows (candidates' k2-neighbourhoods), their k1-lists,
         # and the round(k1/2)-lists of those. List entries outside this set become "absent".
         s0 = np.concatenate([[qid], rows])
-        p_set = grow(s0, k2)
-        universe = grow(grow(p_set, k1 + 1), _half(k1) + 1)
+        p_set = grow(s0, min(k2, width))
+        universe = grow(grow(p_set, min(k1 + 1, width)), min(_half(k1) + 1, width))
         m = len(universe)
-        li, ld = lists_of(universe)
-        at = np.searchsorted(universe, li).clip(max=m - 1)
-        found = (li >= 0) & (universe[at] == li)
-        idx = np.vstack([np.where(found, at, m), np.full((1, width), m)])
-        dist = np.vstack([np.where(found, ld, np.inf), np.full((1, width), np.inf)]).astype(np.float32)
+        local = np.full(n + 2, m, dtype=np.int64)
+        local[universe] = np.arange(m)
+        li, ld = lists_of(universe, width)
+        li = local[li]
+        idx = np.vstack([li, np.full((1, width), m)])
+        dist = np.vstack([np.where(li < m, ld, np.inf), np.full((1, width), np.inf)]).astype(np.float32)
         rowmax = np.empty(m, dtype=np.float32)
         gal = universe < qid
         rowmax[gal] = self._rowmax[universe[gal]]
-        c_pos = np.searchsorted(universe, rows)
+        c_pos = local[rows]
         rowmax[c_pos] = np.maximum(rowmax[c_pos], dq)
         m_q = float(dq.max()) if num_c == n else max(float(dq.max()), float(self._rowmax[rows[dq.argmin()]]))
         rowmax[m - 1] = m_q  # the query's row id is the largest
@@ -705,11 +735,11 @@ class GalleryNeighborGraph:
             d = (2.0 - 2.0 * (gather(a) * gather(b)).sum(1)).clamp_(min=0.0)
             return torch.where(a == b, torch.zeros_like(d), d)
 
-        p_loc = torch.from_numpy(np.searchsorted(universe, p_set))
+        p_loc = torch.from_numpy(local[p_set])
         v = _expanded_weights(lists, p_loc, k1, pair_distance)
         pos_of = torch.full((m + 1,), -1, dtype=torch.int64)
         pos_of[p_loc] = torch.arange(len(p_loc))
-        v = _query_expanded(v, pos_of, lists, torch.from_numpy(np.searchsorted(universe, s0)), k2)
+        v = _query_expanded(v, pos_of, lists, torch.from_numpy(local[s0]), k2)
         ((_, _, min_sum),) = list(
             _jaccard_min(v, torch.zeros(1, dtype=torch.int64), torch.arange(1, num_c + 1), m)
         )
