@@ -1,0 +1,109 @@
+"""A dataset root as the engine sees it: training tracklets and evaluation cases, for any layout.
+
+Layouts (``model.data`` loaders):
+
+- ``detreidx``: ``train/`` plus the three cases A->G, G->A, A->A (SynthXFD uses it too);
+- ``mars``: ``bbox_train/`` and one case ``Q->G`` (query_IDX vs the other test tracks);
+- ``plain``: ``train/`` and, when both exist, one case ``Q->G`` from ``query/`` and ``gallery/``.
+
+``auto`` picks ``mars`` when ``bbox_test/`` or ``info/`` exists, ``detreidx`` when ``train/`` or a
+case folder exists next to no other split folder, else ``plain``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from model.data import CASES, DatasetError, Tracklet, load_detreidx, load_mars, load_plain
+
+LAYOUTS: tuple[str, ...] = ("auto", "detreidx", "mars", "plain")
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    """Queries ranked against a gallery; ``label`` is short (``A->G``), ``challenge_name`` is the
+    submission CSV's case string (``Case 1: Aerial to Ground``)."""
+
+    name: str
+    label: str
+    challenge_name: str
+    query: list[Tracklet]
+    gallery: list[Tracklet]
+
+
+@dataclass
+class ReIDData:
+    """What the trainer and evaluator need from a root."""
+
+    root: Path
+    layout: str
+    train: list[Tracklet]
+    num_train_pids: int
+    cases: list[EvalCase] = field(default_factory=list)
+
+
+def detect_layout(root: Path) -> str:
+    """The layout of ``root`` by the rule in the module docstring (``root`` must exist)."""
+    if (root / "bbox_test").is_dir() or (root / "info").is_dir():
+        return "mars"
+    if any((root / name).is_dir() for name in CASES):
+        return "detreidx"
+    if (root / "query").is_dir() or (root / "gallery").is_dir():
+        return "plain"
+    return "detreidx"
+
+
+def load_reid_data(root: str | Path, layout: str = "auto", progress: bool = False) -> ReIDData:
+    """Load ``root`` in ``layout``; ``DatasetError`` (naming the path) when it is missing or malformed."""
+    root = Path(root)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if not root.is_dir():
+        raise DatasetError(f"dataset root {root} does not exist or is not a folder")
+    if layout == "auto":
+        layout = detect_layout(root)
+    if layout == "detreidx":
+        ds = load_detreidx(root, progress=progress)
+        cases = [EvalCase(c.name, c.label, c.challenge_name, c.query, c.gallery) for c in ds.cases.values()]
+        return ReIDData(root, layout, ds.train, ds.num_train_pids, cases)
+    if layout == "mars":
+        ds = load_mars(root)
+        return ReIDData(root, layout, ds.train, ds.num_train_pids,
+                        [EvalCase("query_gallery", "Q->G", "Query to Gallery", ds.query, ds.gallery)])
+    plain = load_plain(root, progress=progress)
+    cases = []
+    if "query" in plain.splits and "gallery" in plain.splits:
+        cases.append(EvalCase("query_gallery", "Q->G", "Query to Gallery", plain.splits["query"],
+                              plain.splits["gallery"]))
+    return ReIDData(root, layout, plain.splits.get("train", []), len(plain.train_pid_map), cases)
+
+
+def require_train(data: ReIDData) -> None:
+    """``DatasetError`` unless ``data`` has training tracklets of at least two identities."""
+    if not data.train:
+        raise DatasetError(f"{data.root}: no training tracklets found (layout {data.layout}; expected a train split)")
+    if data.num_train_pids < 2:
+        raise DatasetError(f"{data.root}: training needs at least 2 identities, found {data.num_train_pids}")
+
+
+def require_cases(data: ReIDData) -> None:
+    """``DatasetError`` unless ``data`` has at least one evaluation case with queries and gallery."""
+    if not data.cases:
+        raise DatasetError(
+            f"{data.root}: no evaluation case found (layout {data.layout}; expected "
+            + ("case1_aerial_to_ground/{query,gallery} or another case folder" if data.layout == "detreidx"
+               else "query/ and gallery/")
+            + ")"
+        )
+    for case in data.cases:
+        if not case.query or not case.gallery:
+            raise DatasetError(f"{data.root}: case {case.name} has {len(case.query)} query and "
+                               f"{len(case.gallery)} gallery tracklets; both must be non-empty")
+
+
+def tracklet_key(t: Tracklet) -> str:
+    """A key naming one tracklet record uniquely within a root: ``split/pid/tracklet_id``."""
+    split = t.metadata.get("split", "")
+    pid = t.metadata.get("original_pid", t.pid)
+    return f"{split}/{pid}/{t.tracklet_id}"

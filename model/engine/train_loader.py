@@ -1,0 +1,64 @@
+"""The training data pipeline: P x K identity-balanced batches of T restricted-random frames with
+tracklet-consistent augmentation, reproducible per (seed, epoch) for exact resume."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+
+from model.config import ModelConfig
+from model.data import Tracklet
+from model.data.augment import AugmentConfig, TrackletAugment
+from model.data.sampler import IdentityBalancedSampler
+from model.data.video import VideoDataset
+from model.engine.config import TrainConfig
+from model.engine.embedding import seed_worker
+
+
+@dataclass
+class TrainLoader:
+    """The dataset, its batch sampler and a factory for one epoch's DataLoader."""
+
+    dataset: VideoDataset
+    sampler: IdentityBalancedSampler
+    num_workers: int
+    pin_memory: bool
+    seed: int
+
+    def epoch(self, epoch: int) -> DataLoader:
+        """The loader of (0-based) ``epoch``: frame choice, augmentation and batches depend only on
+        (seed, epoch). A private generator keeps the DataLoader off the global torch RNG."""
+        self.dataset.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory, worker_init_fn=seed_worker if self.num_workers else None,
+                          generator=generator)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+def augment_config(cfg: TrainConfig) -> AugmentConfig:
+    """Flip, random erasing and hue jitter probabilities/ranges of the run."""
+    return AugmentConfig(flip_p=cfg.flip_p, erase_p=cfg.erase_p, hue_p=cfg.hue_p, hue_max=cfg.hue_max)
+
+
+def build_train_loader(tracklets: Sequence[Tracklet], cfg: TrainConfig, model_cfg: ModelConfig,
+                       pin_memory: bool = False) -> TrainLoader:
+    """Train pipeline for ``tracklets`` (pids must be relabelled ``0..C-1``)."""
+    dataset = VideoDataset(
+        tracklets,
+        seq_len=cfg.seq_len,
+        sampling="restricted_random",
+        size=model_cfg.backbone.image_size,
+        mean=model_cfg.mean,
+        std=model_cfg.std,
+        train_augment=TrackletAugment(augment_config(cfg)),
+        seed=cfg.seed,
+    )
+    sampler = IdentityBalancedSampler([t.pid for t in tracklets], p=cfg.p, k=cfg.k, seed=cfg.seed)
+    return TrainLoader(dataset, sampler, cfg.num_workers, pin_memory, cfg.seed)

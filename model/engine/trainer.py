@@ -1,0 +1,309 @@
+"""The training loop (paper 1 sections 3.5 and 4.2) with checkpoints, exact resume and evaluation.
+
+Run folder::
+
+    RUN_DIR/train_config.json           the TrainConfig of the run
+    RUN_DIR/log.jsonl                   step / epoch / checkpoint / eval records (model.engine.runlog)
+    RUN_DIR/checkpoints/epoch_XXX/      model checkpoint + training_state.pt (model.engine.state)
+    RUN_DIR/final/                      the served checkpoint (model only)
+    RUN_DIR/eval_final.json             final evaluation report (when the root has test cases)
+
+Exact resume: everything random is either a pure function of (seed, epoch, index) (batches,
+frames, augmentation) or a global RNG whose state is saved at each checkpoint (dropout); the
+optimizer state and schedule position are saved too, so ``1 epoch + resume 1 epoch`` reproduces
+``2 epochs`` to float round-off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from model.checkpoint import WEIGHTS_FILE, read_checkpoint_config, save_checkpoint
+from model.engine.cache import DescriptorCache
+from model.engine.config import TrainConfig, backbone_lr
+from model.engine.datasets import ReIDData, load_reid_data, require_train
+from model.engine.embedding import seed_worker
+from model.engine.evaluate import default_cache_dir, embedding_settings, evaluate_model
+from model.engine.report import EvalReport
+from model.engine.runlog import RunLog
+from model.engine.schedule import WarmupStepSchedule
+from model.engine.state import (
+    TrainingState,
+    epoch_dir,
+    latest_state_dir,
+    prune_states,
+    rng_states,
+    set_rng_states,
+)
+from model.engine.train_loader import TrainLoader, build_train_loader
+from model.sasreid import SASVPReID, build_model
+
+CONFIG_FILE = "train_config.json"
+LOG_FILE = "log.jsonl"
+FINAL_DIR = "final"
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or continue; the message names the path and the problem."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    final_checkpoint: Path
+    epochs: int
+    train_seconds: float
+    report: EvalReport | None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(model: SASVPReID, cfg: TrainConfig, pretrained: bool) -> tuple[torch.optim.Adam, list[str]]:
+    """Adam with two groups: the CLIP tower (``backbone_lr``) and the new modules (``lr_new``).
+
+    Returns the optimizer and its group names (empty groups, e.g. a frozen tower, are left out).
+    """
+    groups = model.parameter_groups()
+    lrs = {"pretrained": backbone_lr(cfg, pretrained), "new": cfg.lr_new}
+    param_groups, names = [], []
+    for name in ("pretrained", "new"):
+        if groups[name]:
+            param_groups.append({"params": groups[name], "lr": lrs[name], "name": name})
+            names.append(name)
+    if not param_groups:
+        raise TrainingError("the model has no trainable parameters")
+    return torch.optim.Adam(param_groups, lr=cfg.lr_new, weight_decay=cfg.weight_decay), names
+
+
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def init_memory_from_centroids(model: SASVPReID, loader: TrainLoader, device: torch.device) -> None:
+    """The public code's epoch start: every proxy = its identity's centroid of v_i (eval mode,
+    even frame sampling, no augmentation)."""
+    if model.memory is None:
+        return
+    from model.engine.embedding import eval_dataset
+
+    ds = eval_dataset(model, loader.dataset.tracklets, loader.dataset.seq_len)
+    dl = torch.utils.data.DataLoader(ds, batch_size=32, num_workers=loader.num_workers,
+                                     worker_init_fn=seed_worker if loader.num_workers else None,
+                                     generator=torch.Generator().manual_seed(0))
+    was_training = model.training
+    model.eval()
+    feats, pids = [], []
+    for x, pid, cam, plat, _ in dl:
+        out = model(x.to(device), cam.to(device), plat.to(device))
+        feats.append(out.feats["v"].float().cpu())
+        pids.append(pid)
+    model.memory.init_from_centroids(torch.cat(feats), torch.cat(pids))
+    model.train(was_training)
+
+
+def _mean_terms(sums: dict[str, float], n: int) -> dict[str, float]:
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+class Trainer:
+    """Trains one run (see the module docstring); :meth:`fit` does everything."""
+
+    def __init__(self, cfg: TrainConfig, data_root: str | Path, run_dir: str | Path,
+                 clip_weights: str | Path | None = None, resume: bool = False) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.clip_weights = Path(clip_weights) if clip_weights is not None else None
+        self.resume = resume
+        self.data: ReIDData = load_reid_data(data_root, cfg.layout)
+        require_train(self.data)
+        if self.clip_weights is not None and not self.clip_weights.is_file():
+            raise TrainingError(f"--clip-weights {self.clip_weights}: file not found")
+        self.device = torch.device(cfg.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise TrainingError("--device cuda was requested but CUDA is not available")
+        self.log = RunLog(self.run_dir / LOG_FILE)
+
+    # -- setup -----------------------------------------------------------------------------
+    def _check_run_dir(self) -> None:
+        existing = (self.run_dir / "checkpoints").exists() or (self.run_dir / CONFIG_FILE).exists()
+        if existing and not self.resume:
+            raise TrainingError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose "
+                                "another --out")
+        if self.resume and not existing:
+            raise TrainingError(f"--resume: {self.run_dir} holds no run to resume (no {CONFIG_FILE})")
+
+    def _build(self) -> None:
+        seed_everything(self.cfg.seed)
+        self.model_cfg = self.cfg.model_config(self.data.num_train_pids)
+        self.model = build_model(self.model_cfg, clip_weights=str(self.clip_weights) if self.clip_weights else None)
+        self.model.to(self.device).train()
+        self.pretrained = self.clip_weights is not None
+        self.optimizer, self.group_names = build_optimizer(self.model, self.cfg, self.pretrained)
+        self.schedule = WarmupStepSchedule(self.optimizer, self.cfg.warmup_iters,
+                                           self.cfg.warmup_start_lr / self.cfg.lr_new, self.cfg.milestones,
+                                           self.cfg.gamma)
+        self.loader = build_train_loader(self.data.train, self.cfg, self.model_cfg,
+                                         pin_memory=self.device.type == "cuda")
+        self.forward = torch.compile(self.model) if self.cfg.compile else self.model
+        self.start_epoch, self.global_iter = 0, 0
+
+    def _restore(self) -> None:
+        state_dir = latest_state_dir(self.run_dir)
+        if state_dir is None:
+            # A run killed before its first checkpoint: start it over.
+            self.log.write("resume", from_epoch=0, note="no checkpoint with a training state; starting over")
+            return
+        meta = read_checkpoint_config(state_dir)
+        state = TrainingState.load(state_dir)
+        if state.fingerprint != meta.get("fingerprint"):
+            raise TrainingError(f"{state_dir}: training state belongs to weights {state.fingerprint}, "
+                                f"but the checkpoint holds {meta.get('fingerprint')}")
+        weights = load_file(str(state_dir / WEIGHTS_FILE))
+        self.model.load_state_dict(weights, strict=True)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.schedule.load_state_dict(state.schedule)
+        set_rng_states(state.rng)
+        self.start_epoch, self.global_iter = state.epoch, state.global_iter
+        self.log.write("resume", from_epoch=state.epoch, checkpoint=state_dir, global_iter=state.global_iter)
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def _extra(self, epoch: int) -> dict[str, object]:
+        return {"train_config": self.cfg.to_dict(), "dataset": str(self.data.root.resolve()),
+                "layout": self.data.layout, "epoch": epoch, "num_train_pids": self.data.num_train_pids,
+                "clip_weights": str(self.clip_weights) if self.clip_weights else None}
+
+    def _save_epoch(self, epoch: int) -> Path:
+        directory = epoch_dir(self.run_dir, epoch)
+        fingerprint = save_checkpoint(self.model, directory, extra=self._extra(epoch))
+        TrainingState(
+            epoch=epoch, global_iter=self.global_iter, optimizer=self.optimizer.state_dict(),
+            schedule=self.schedule.state_dict(), rng=rng_states(),
+            sampler={"seed": self.loader.sampler.seed, "epoch": epoch}, fingerprint=fingerprint,
+            train_config=self.cfg.to_dict(),
+        ).save(directory)
+        prune_states(self.run_dir, self.cfg.keep_states)
+        self.log.write("checkpoint", epoch=epoch, path=directory, fingerprint=fingerprint)
+        return directory
+
+    # -- evaluation ------------------------------------------------------------------------
+    def evaluate(self, epoch: int, cache: DescriptorCache | None = None) -> EvalReport | None:
+        """Evaluate the current weights on the root's test cases (None when it has none)."""
+        if not self.data.cases:
+            return None
+        report = evaluate_model(self.model, self.data.cases, cache=cache, frames=self.cfg.eval_frames,
+                                batch_size=self.cfg.eval_batch_size, num_workers=self.cfg.num_workers,
+                                device=self.device, progress=self.cfg.progress)
+        self.model.train()
+        self.log.write("eval", epoch=epoch, metrics=report.metrics(), embed_seconds=report.meta.get("embed_seconds"))
+        return report
+
+    # -- the loop --------------------------------------------------------------------------
+    def _batches(self, loader: torch.utils.data.DataLoader) -> Iterator[tuple[torch.Tensor, ...]]:
+        for frames, pids, cams, plats, _index in loader:
+            yield (frames.to(self.device, non_blocking=True), pids.to(self.device), cams.to(self.device),
+                   plats.to(self.device))
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg = self.cfg
+        self.model.train()
+        self.model.fingerprint = None  # the weights are about to change
+        if cfg.memory_init == "centroids":
+            init_memory_from_centroids(self.model, self.loader, self.device)
+        sums: dict[str, float] = {}
+        n = 0
+        start = time.perf_counter()
+        loader = self.loader.epoch(epoch)
+        bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="it",
+                   disable=not cfg.progress, file=sys.stderr, leave=False)
+        for it, (frames, pids, cams, plats) in enumerate(self._batches(loader)):
+            lrs = self.schedule.set(self.global_iter, epoch)
+            with _autocast(self.device, cfg.bf16):
+                out = self.forward(frames, cams, plats)
+                terms = self.model.compute_losses(out, pids)
+            self.optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            values = {k: float(v.detach()) for k, v in terms.items()}
+            if not math.isfinite(values["total"]):
+                raise TrainingError(f"non-finite loss at epoch {epoch + 1}, iteration {it}: {values}")
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+            self.global_iter += 1
+            bar.set_postfix({k: f"{v:.3f}" for k, v in values.items()}, refresh=False)
+            bar.update()
+            if it % cfg.log_every == 0:
+                self.log.write("step", epoch=epoch + 1, iter=it, global_iter=self.global_iter,
+                               lr=dict(zip(self.group_names, lrs)), loss=values)
+        bar.close()
+        seconds = time.perf_counter() - start
+        means = _mean_terms(sums, n)
+        self.log.write("epoch", epoch=epoch + 1, iters=n, seconds=round(seconds, 3), loss=means)
+        if cfg.progress:
+            terms_text = " ".join(f"{k}={v:.4f}" for k, v in means.items())
+            print(f"epoch {epoch + 1}/{cfg.epochs}: {n} it in {seconds:.1f}s; {terms_text}", file=sys.stderr)
+        return means
+
+    def fit(self) -> TrainResult:
+        """Train (or continue) the run, write ``final/`` and evaluate it; returns the result."""
+        cfg = self.cfg
+        self._check_run_dir()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._build()
+        if self.resume:
+            self._restore()
+        cfg.save(self.run_dir / CONFIG_FILE)
+        if self.start_epoch == 0:
+            self.log.write(
+                "start", config=cfg.to_dict(), data_root=str(self.data.root), layout=self.data.layout,
+                num_train_tracklets=len(self.data.train), num_train_pids=self.data.num_train_pids,
+                iters_per_epoch=len(self.loader.epoch(0)), device=str(self.device), pretrained_backbone=self.pretrained,
+                base_lr=dict(zip(self.group_names, self.schedule.base_lrs)),
+                trainable_params=sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+            )
+        start = time.perf_counter()
+        for epoch in range(self.start_epoch, cfg.epochs):
+            self._train_epoch(epoch)
+            done = epoch + 1
+            if done % cfg.ckpt_every == 0 or done == cfg.epochs:
+                self._save_epoch(done)
+            if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.epochs:
+                self.evaluate(done)
+        train_seconds = time.perf_counter() - start
+        final = self.run_dir / FINAL_DIR
+        fingerprint = save_checkpoint(self.model, final, extra=self._extra(cfg.epochs))
+        report = None
+        if self.data.cases:
+            cache = DescriptorCache(default_cache_dir(self.data.root), fingerprint, self.data.root,
+                                    embedding_settings(self.model, cfg.eval_frames))
+            report = self.evaluate(cfg.epochs, cache)
+            if report is not None:
+                report.meta.update(checkpoint=str(final), data_root=str(self.data.root), layout=self.data.layout)
+                (self.run_dir / "eval_final.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n",
+                                                              encoding="utf-8")
+        self.log.write("end", final=final, fingerprint=fingerprint, epochs=cfg.epochs,
+                       train_seconds=round(train_seconds, 3))
+        return TrainResult(self.run_dir, final, cfg.epochs, train_seconds, report)

@@ -1,0 +1,88 @@
+"""Training runs on tiny real datasets: checkpoints, log, learning, exact resume, run-folder rules."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from model import load_checkpoint
+from model.checkpoint import read_checkpoint_config
+from model.engine.config import TrainConfig
+from model.engine.runlog import read_log
+from model.engine.state import STATE_FILE
+from model.engine.trainer import Trainer, TrainingError
+
+
+def tiny_cfg(**kw) -> TrainConfig:
+    base = dict(p=2, k=2, seq_len=4, num_workers=0, scan_chunk=4, eval_frames=4, progress=False, log_every=1)
+    return TrainConfig.recipe("tiny", **{**base, **kw})
+
+
+def test_short_run_learns_and_writes_checkpoints(easy_root: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    result = Trainer(tiny_cfg(epochs=4, ckpt_every=2, keep_states=1), easy_root, run).fit()
+    # Checkpoints every 2 epochs; only the newest keeps its optimizer state.
+    for epoch in (2, 4):
+        model = load_checkpoint(run / "checkpoints" / f"epoch_{epoch:03d}")
+        assert model.descriptor_dim > 0
+    assert not (run / "checkpoints" / "epoch_002" / STATE_FILE).exists()
+    assert (run / "checkpoints" / "epoch_004" / STATE_FILE).exists()
+    final = load_checkpoint(run / "final")
+    assert final.cfg.num_classes == 4
+    extra = read_checkpoint_config(run / "final")["extra"]
+    assert extra["epoch"] == 4 and extra["train_config"]["epochs"] == 4
+    assert extra["dataset"] == str(easy_root.resolve())
+
+    log = read_log(run / "log.jsonl")
+    events = [r["event"] for r in log]
+    assert events[0] == "start" and events[-1] == "end" and "eval" in events
+    steps = [r for r in log if r["event"] == "step"]
+    epochs = [r for r in log if r["event"] == "epoch"]
+    assert len(steps) == sum(r["iters"] for r in epochs) >= 16  # log_every=1: every iteration
+    assert all(math.isfinite(v) for r in steps for v in r["loss"].values())
+    assert set(steps[0]["loss"]) == {"triplet", "id", "memory", "shape_prior", "total"}
+    # Warm-up: the lr rises over the first iterations.
+    assert steps[0]["lr"]["new"] < steps[5]["lr"]["new"]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3, 4]
+    totals = [r["loss"]["total"] for r in epochs]
+    assert totals[-1] < totals[0]
+    triplet = [r["loss"]["triplet"] for r in epochs]
+    assert triplet[-1] < triplet[0]
+    # The final evaluation covers the three cases.
+    assert result.report is not None and [c.label for c in result.report.cases] == ["A->G", "G->A", "A->A"]
+    assert (run / "eval_final.json").is_file()
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "final" / "model.safetensors"))
+
+
+def test_resume_reproduces_straight_training(make_easy_dataset, tmp_path: Path):
+    root = make_easy_dataset(tmp_path / "data", train_ids=4, test_ids=0, train_tracklets=2, frames=5)
+    cfg = tiny_cfg(epochs=2, ckpt_every=1)
+    Trainer(cfg, root, tmp_path / "straight").fit()
+    Trainer(cfg.replace(epochs=1), root, tmp_path / "split").fit()
+    Trainer(cfg, root, tmp_path / "split", resume=True).fit()
+    a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "split")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0, msg=name)
+    # The memory proxies (buffers) are part of the resumed state too.
+    assert any("memory" in k for k in a)
+    log = read_log(tmp_path / "split" / "log.jsonl")
+    assert [r["from_epoch"] for r in log if r["event"] == "resume"] == [1]
+
+
+def test_run_folder_rules(make_easy_dataset, tmp_path: Path):
+    root = make_easy_dataset(tmp_path / "data", train_ids=2, test_ids=0, train_tracklets=2, frames=3)
+    cfg = tiny_cfg(epochs=0)
+    Trainer(cfg, root, tmp_path / "run").fit()  # epochs=0: the initial weights become final/
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+    with pytest.raises(TrainingError, match="already holds a run"):
+        Trainer(cfg, root, tmp_path / "run").fit()
+    with pytest.raises(TrainingError, match="no run to resume"):
+        Trainer(cfg, root, tmp_path / "empty", resume=True).fit()
