@@ -88,7 +88,7 @@ class Runtime:
                 self.encoder.dim,
                 self.settings.index,
                 use_gpu=None if self.settings.device == "cuda" else False,
-                graph_k=self.settings.graph_k,
+                graph_k=self.settings.rerank_graph_k,
                 options=self.index_options,
                 snapshot_dir=self.settings.snapshot_dir,
             )
@@ -132,7 +132,7 @@ class Runtime:
                     self.encoder.dim,
                     kind=self.settings.index,
                     use_gpu=None if self.settings.device == "cuda" else False,
-                    graph_k=self.settings.graph_k,
+                    graph_k=self.settings.rerank_graph_k,
                     options=self.index_options,
                 )
                 fresh.rebuild_from(self.store)

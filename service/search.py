@@ -57,6 +57,13 @@ def build_filter(options: QueryOptions, query_camera: str | None) -> SearchFilte
 def build_rerank(options: QueryOptions, settings: Settings) -> RerankParams | None:
     if not options.rerank:
         return None
+    if settings.rerank_graph_k is None:
+        raise ApiError(
+            422,
+            "rerank_disabled",
+            "re-ranking is disabled on this server (SASREID_GRAPH_K=0); query without rerank",
+            field="rerank",
+        )
     k1 = options.k1 if options.k1 is not None else settings.rerank_k1
     if k1 > settings.graph_k:
         raise ApiError(

@@ -127,3 +127,16 @@ def test_reembed_without_kept_frames_says_it_cannot(
     assert "no kept frames" in err and "--keep-frames" in err and "Re-enroll" in err
     with open_store(sqlite_url) as store:
         assert store.info().fingerprint == checkpoints.fingerprint_a  # untouched
+
+
+def test_reranking_can_be_disabled(checkpoints: Any, sqlite_url: str, make_settings: Callable[..., Any],
+                                   thread_server: Callable[..., Any], make_tracklet: Callable[..., Any]) -> None:
+    from service.client import ApiClientError
+
+    server = thread_server(make_settings(checkpoints.a, sqlite_url, graph_k=0))
+    _fill(server, make_tracklet, n=2)
+    client = server.client()
+    assert client.query(tracklet_id="t0")["results"][0]["identity"] == "id1"
+    with pytest.raises(ApiClientError) as disabled:
+        client.query(tracklet_id="t0", rerank=True)
+    assert disabled.value.status == 422 and disabled.value.error == "rerank_disabled"
