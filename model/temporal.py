@@ -42,12 +42,18 @@ def window_lengths(cfg: MGTMConfig, t: int) -> list[int]:
 def reorder_by_relevance(patches: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
     """Sort tokens by cosine relevance to the class token, most relevant first.
 
-    ``patches: [n, L, W]``, ``cls: [n, W]`` -> ``[n, L, W]``. Stable sort: equal relevance keeps
-    time-major order, so the result is deterministic.
+    ``patches: [n, L, W]``, ``cls: [n, W]`` -> ``[n, L, W]``. Ties keep time-major order. The
+    position of token i is ``#{j: r_j > r_i} + #{j < i: r_j = r_i}`` (a stable descending sort
+    written with comparisons: ONNX has no stable sort, and this exports as plain tensor ops).
     """
     rel = F.cosine_similarity(patches.float(), cls.float()[:, None], dim=-1)  # [n, L]
-    order = torch.sort(rel, dim=1, descending=True, stable=True).indices
-    return torch.gather(patches, 1, order[..., None].expand_as(patches))
+    length = rel.shape[1]
+    earlier = torch.ones(length, length, dtype=torch.bool, device=rel.device).tril(-1)  # [i, j]: j < i
+    ri, rj = rel[:, :, None], rel[:, None, :]
+    before = (rj > ri) | ((rj == ri) & earlier)
+    position = before.sum(dim=2)  # [n, L], a permutation of 0..L-1
+    index = position[..., None].expand_as(patches)
+    return torch.zeros_like(patches).scatter(1, index, patches)
 
 
 class BiMamba(nn.Module):

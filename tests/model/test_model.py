@@ -208,3 +208,18 @@ def test_preprocess_any_size_images():
     expected = (200 / 255 - model.cfg.mean[1]) / model.cfg.std[1]
     assert abs(float(x[0, 0, 1, 10, 10]) - expected) < 1e-4
     assert model.embed(x).shape == (1, model.descriptor_dim)
+
+
+def test_reorder_by_relevance_is_a_stable_descending_sort():
+    from model.temporal import reorder_by_relevance
+
+    g = torch.Generator().manual_seed(0)
+    patches = torch.randn(3, 20, 6, generator=g)
+    patches[:, 5] = patches[:, 2]  # exact ties: must keep time order
+    patches[:, 11] = patches[:, 2]
+    cls = torch.randn(3, 6, generator=g)
+    out = reorder_by_relevance(patches, cls)
+    rel = torch.nn.functional.cosine_similarity(patches, cls[:, None], dim=-1)
+    for i in range(3):
+        order = sorted(range(20), key=lambda j, i=i: (-float(rel[i, j]), j))
+        torch.testing.assert_close(out[i], patches[i, order])
