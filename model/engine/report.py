@@ -166,3 +166,27 @@ class EvalReport:
             p = self.rerank_params
             lines.append(f"re-ranking: k-reciprocal k1={p['k1']:g} k2={p['k2']:g} lambda={p['lambda']:g}")
         return "\n".join(lines)
+
+
+def markdown_table(named: list[tuple[str, EvalReport]]) -> str:
+    """A markdown table comparing reports: per-case mAP / R1 and both mAP-3 means, one row per
+    (name, ranking variant)."""
+    if not named:
+        return ""
+    labels = [c.label for c in named[0][1].cases]
+    mean_name = named[0][1].mean_name
+    head = (["model", "re-rank"] + [f"{lb} mAP / R1" for lb in labels]
+            + [f"{mean_name} unweighted", f"{mean_name} pooled"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":---", ":---:"] + ["---:"] * (len(head) - 2)) + "|"]
+    for name, report in named:
+        variants = [("plain", "no", report.map3)]
+        if report.map3_reranked is not None:
+            variants.append(("reranked", "yes", report.map3_reranked))
+        for attr, flag, (mean, pooled) in variants:
+            cells = [name, flag]
+            for c in report.cases:
+                m: RankMetrics = getattr(c, attr)
+                cells.append(f"{m.mAP:.2f} / {m.cmc_at[1]:.2f}")
+            cells += [f"{mean:.2f}", f"{pooled:.2f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,210 @@
+"""Accuracy on SynthXFD: reference rows and the module ablation, written to bench/RESULTS.md.
+
+Parts (``--parts``, default both):
+
+- ``reference``: the untrained tiny model, the HSV colour-histogram baseline and the tiny model
+  trained with the default tiny recipe (its training time is recorded), each evaluated with and
+  without k-reciprocal re-ranking;
+- ``ablation``: the full model and ``--no-mgtm`` / ``--no-prsd`` / ``--no-memory``, all trained
+  with the tiny recipe at the same budget (``--ablation-epochs``, default: the recipe's epochs)
+  and evaluated the same way.
+
+Runs go to ``--out`` (one run folder each), the numbers to ``--out/results.json``, and with
+``--results FILE`` the section ``## Accuracy on SynthXFD`` of that markdown file is replaced (other
+sections are left as they are).
+
+    python bench/ablation.py --data data/synthxfd --out runs/bench --results bench/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baseline_color_hist import evaluate_color_hist
+
+from model.engine.config import TrainConfig
+from model.engine.evaluate import evaluate_checkpoint
+from model.engine.evaluator import RerankParams
+from model.engine.report import EvalReport, markdown_table
+from model.engine.trainer import Trainer
+
+SECTION = "## Accuracy on SynthXFD"
+ABLATIONS: dict[str, dict[str, bool]] = {
+    "full model": {},
+    "--no-mgtm": {"mgtm": False},
+    "--no-prsd": {"prsd": False},
+    "--no-memory": {"memory": False},
+}
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return (f"nproc={os.cpu_count()}, CPU: {cpu}, Python {platform.python_version()}, torch {torch.__version__}, "
+            f"torch threads {torch.get_num_threads()}")
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def train_and_evaluate(name: str, cfg: TrainConfig, data: Path, run_dir: Path) -> dict[str, Any]:
+    """Train ``cfg`` into ``run_dir`` (replacing it), then evaluate final/ with re-ranking."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    print(f"== {name}: training {cfg.epochs} epochs into {run_dir}", flush=True)
+    start = time.perf_counter()
+    result = Trainer(cfg, data, run_dir).fit()
+    total = time.perf_counter() - start
+    report = evaluate_checkpoint(data, result.final_checkpoint, rerank=True, frames=cfg.eval_frames,
+                                 batch_size=cfg.eval_batch_size, progress=cfg.progress)
+    return {"name": name, "report": report, "train_seconds": result.train_seconds,
+            "train_plus_eval_seconds": total, "epochs": cfg.epochs, "run_dir": str(run_dir),
+            "config": cfg.to_dict()}
+
+
+def reference_part(data: Path, out: Path, recipe: TrainConfig) -> list[dict[str, Any]]:
+    rows = [train_and_evaluate("tiny, untrained", recipe.replace(epochs=0), data, out / "untrained")]
+    print("== HSV colour histogram baseline", flush=True)
+    start = time.perf_counter()
+    hist = evaluate_color_hist(data, rerank=RerankParams(), progress=recipe.progress)
+    rows.append({"name": "HSV colour histogram", "report": hist, "seconds": time.perf_counter() - start})
+    rows.append(train_and_evaluate("tiny, trained (default recipe)", recipe, data, out / "tiny_default"))
+    return rows
+
+
+def ablation_part(data: Path, out: Path, recipe: TrainConfig, epochs: int) -> list[dict[str, Any]]:
+    rows = []
+    for name, changes in ABLATIONS.items():
+        slug = name.strip("-").replace(" ", "_")
+        rows.append(train_and_evaluate(name, recipe.replace(epochs=epochs, **changes), data, out / f"ablation_{slug}"))
+    return rows
+
+
+def _times(rows: list[dict[str, Any]]) -> str:
+    parts = []
+    for r in rows:
+        if "train_seconds" in r:
+            parts.append(f"{r['name']}: train {r['train_seconds'] / 60:.1f} min, train + final eval + re-ranked "
+                         f"eval {r['train_plus_eval_seconds'] / 60:.1f} min")
+    return "; ".join(parts)
+
+
+def render_section(results: dict[str, Any]) -> str:
+    """The markdown section (header included) from ``results``."""
+    lines = [SECTION, ""]
+    lines.append(f"Command: `{results['command']}` · date: {results['date']} · machine: {results['machine']}.")
+    lines.append(f"Load average at start / end: {results['load_start']} / {results['load_end']} (the machine is "
+                 "shared with other jobs, so times are upper bounds).")
+    lines.append("")
+    lines.append(f"Data: SynthXFD at `{results['data']}` (default build: `sasreid synth --out DIR`): {results['data_summary']}. "
+                 "Metrics in %: mAP / rank-1 per case, then mAP-3 as the unweighted mean of the three case mAPs "
+                 "and as the query-weighted (pooled) mean over all valid queries. Re-ranking: k-reciprocal "
+                 "k1=20, k2=6, lambda=0.3. Evaluation: 8 evenly spaced frames per tracklet (the tiny recipe's "
+                 "`eval_frames`), cosine distance.")
+    if results.get("reference"):
+        ref = results["reference"]
+        lines += ["", "### Reference rows", "", ref["table"], ""]
+        lines.append(f"Default tiny recipe: `{ref['recipe']}`. Times: {ref['times']}.")
+    if results.get("ablation"):
+        ab = results["ablation"]
+        lines += ["", f"### Ablation (tiny recipe, {ab['epochs']} epochs each, same budget)", "", ab["table"], ""]
+        lines.append(f"Times: {ab['times']}.")
+    if results.get("notes"):
+        lines += ["", results["notes"]]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def replace_section(path: Path, section: str) -> None:
+    """Replace (or append) ``## Accuracy on SynthXFD`` in ``path``; other sections stay untouched."""
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
+    if start is None:
+        new = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        tail = "".join(lines[end:])
+        new = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
+    path.write_text(new, encoding="utf-8")
+
+
+def data_summary(data: Path) -> str:
+    from model.engine.datasets import load_reid_data
+
+    d = load_reid_data(data)
+    cases = ", ".join(f"{c.label} {len(c.query)} queries / {len(c.gallery)} gallery" for c in d.cases)
+    return f"{len(d.train)} training tracklets of {d.num_train_pids} identities; {cases}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="SynthXFD root (default build)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="run folders and results.json")
+    parser.add_argument("--parts", default="reference,ablation", help="comma list: reference, ablation")
+    parser.add_argument("--ablation-epochs", type=int, default=None, help="epochs per ablation run (default: recipe)")
+    parser.add_argument("--results", type=Path, default=None, help="markdown file whose section to replace")
+    parser.add_argument("--notes", default="", help="free text appended to the section")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    unknown = parts - {"reference", "ablation"}
+    if unknown:
+        parser.error(f"unknown part(s) {sorted(unknown)}")
+    recipe = TrainConfig.recipe("tiny", progress=not args.no_progress)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results_file = args.out / "results.json"
+    results: dict[str, Any] = json.loads(results_file.read_text()) if results_file.exists() else {}
+    results.update(command="python bench/ablation.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), machine=machine(), load_start=loadavg(),
+                   data=str(args.data), data_summary=data_summary(args.data))
+    if "reference" in parts:
+        rows = reference_part(args.data, args.out, recipe)
+        results["reference"] = {"table": markdown_table([(r["name"], r["report"]) for r in rows]),
+                                "times": _times(rows), "recipe": _recipe_text(recipe),
+                                "reports": {r["name"]: _summary(r) for r in rows}}
+    if "ablation" in parts:
+        epochs = args.ablation_epochs if args.ablation_epochs is not None else recipe.epochs
+        rows = ablation_part(args.data, args.out, recipe, epochs)
+        results["ablation"] = {"epochs": epochs, "table": markdown_table([(r["name"], r["report"]) for r in rows]),
+                               "times": _times(rows), "reports": {r["name"]: _summary(r) for r in rows}}
+    results["load_end"] = loadavg()
+    if args.notes:
+        results["notes"] = args.notes
+    results_file.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    section = render_section(results)
+    print(section)
+    if args.results is not None:
+        replace_section(args.results, section)
+        print(f"section {SECTION!r} of {args.results} updated")
+    return 0
+
+
+def _recipe_text(cfg: TrainConfig) -> str:
+    return (f"sasreid train --config tiny (epochs {cfg.epochs}, P={cfg.p} x K={cfg.k} x T={cfg.seq_len}, Adam lr "
+            f"{cfg.lr_new:g} for all parameters (backbone not pretrained), warm-up {cfg.warmup_iters} it from "
+            f"{cfg.warmup_start_lr:g}, x{cfg.gamma:g} at epochs {list(cfg.milestones)}, weight decay "
+            f"{cfg.weight_decay:g}, scan chunk {cfg.scan_chunk})")
+
+
+def _summary(row: dict[str, Any]) -> dict[str, Any]:
+    report: EvalReport = row["report"]
+    out = {k: v for k, v in row.items() if k not in ("report", "config")}
+    out["metrics"] = report.metrics()
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
