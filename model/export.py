@@ -107,12 +107,18 @@ def export_onnx(checkpoint: str | Path, out: str | Path, frames: int | None = No
     tmp = out.with_name(out.name + ".tmp")
     h, w = model.input_size
     example = torch.zeros(2, frames, 3, h, w)
-    with torch.no_grad():
+    # The fused inference path of nn.TransformerEncoder (PRSD) has no ONNX symbolic; trace the
+    # plain one. It computes the same function.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
         torch.onnx.export(
             _Descriptor(model).eval(), (example,), str(tmp), input_names=["frames"],
             output_names=["descriptor"], dynamic_axes={"frames": {0: "batch"}, "descriptor": {0: "batch"}},
             opset_version=opset, dynamo=False,
         )
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     proto = onnx.load(str(tmp))
     for key, value in onnx_metadata(model, frames).items():
         entry = proto.metadata_props.add()
