@@ -1,4 +1,8 @@
-"""Turning frames (PIL images of any size) into the model's normalised input tensors."""
+"""Turning frames (PIL images of any size) into the model's normalised input tensors.
+
+One implementation for every path that feeds the model (training/eval datasets, the service,
+the ONNX encoder), so the same images give the same descriptor everywhere.
+"""
 
 from __future__ import annotations
 
@@ -17,13 +21,16 @@ def image_to_array(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def normalize_frames(frames: np.ndarray | torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 ``[..., H, W, 3]`` -> float32 ``[..., 3, H, W]`` scaled to [0, 1] and normalised."""
-    x = torch.as_tensor(frames).float().div_(255.0)
-    x = x.movedim(-1, -3)
-    m = torch.tensor(mean, dtype=x.dtype)[:, None, None]
-    s = torch.tensor(std, dtype=x.dtype)[:, None, None]
-    return (x - m) / s
+def to_unit_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 ``[..., H, W, 3]`` -> float32 ``[..., 3, H, W]`` in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).float().div_(255.0).movedim(-1, -3)
+
+
+def normalise(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``(frames - mean) / std`` per channel; ``frames`` is ``[..., 3, H, W]`` in [0, 1]."""
+    m = torch.tensor(mean, dtype=frames.dtype).view(3, 1, 1)
+    s = torch.tensor(std, dtype=frames.dtype).view(3, 1, 1)
+    return (frames - m) / s
 
 
 def images_to_tensor(images: Sequence[Image.Image], size: tuple[int, int], mean: Sequence[float],
@@ -31,4 +38,4 @@ def images_to_tensor(images: Sequence[Image.Image], size: tuple[int, int], mean:
     """One tracklet's frames, in the given (time) order -> ``[T, 3, H, W]``."""
     if len(images) == 0:
         raise ValueError("a tracklet needs at least one frame")
-    return normalize_frames(np.stack([image_to_array(im, size) for im in images]), mean, std)
+    return normalise(to_unit_tensor(np.stack([image_to_array(im, size) for im in images])), mean, std)

@@ -11,9 +11,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from model.data.augment import CLIP_MEAN, CLIP_STD, TrackletAugment
+from model.config import CLIP_MEAN, CLIP_STD
+from model.data.augment import TrackletAugment
 from model.data.errors import DatasetError
 from model.data.tracklet import Tracklet
+from model.preprocess import image_to_array, normalise, to_unit_tensor
 from model.sampling import even_indices, restricted_random_indices
 
 SAMPLING_MODES: tuple[str, ...] = ("restricted_random", "even", "all")
@@ -22,16 +24,7 @@ SAMPLING_MODES: tuple[str, ...] = ("restricted_random", "even", "all")
 def load_frame(path: Path, size: tuple[int, int]) -> torch.Tensor:
     """Read one image as RGB, bicubic-resize to ``size`` = (H, W); returns ``[3, H, W]`` in [0, 1]."""
     with Image.open(path) as img:
-        rgb = img.convert("RGB").resize((size[1], size[0]), Image.Resampling.BICUBIC)
-        arr = np.asarray(rgb, dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
-
-
-def normalise(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """``(frames - mean) / std`` per channel; ``frames`` is ``[..., 3, H, W]``."""
-    m = torch.tensor(mean, dtype=frames.dtype).view(3, 1, 1)
-    s = torch.tensor(std, dtype=frames.dtype).view(3, 1, 1)
-    return (frames - m) / s
+        return to_unit_tensor(image_to_array(img, size))
 
 
 def frame_indices(num_frames: int, seq_len: int, sampling: str, rng: np.random.Generator) -> np.ndarray:
