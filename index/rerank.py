@@ -24,11 +24,26 @@ variant used by the service.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+
+def _spend_csr_beta_warning() -> None:
+    """Query expansion is one sparse CSR product; torch warns once per process that CSR tensors
+    are beta. Spend that one warning here, silenced, rather than in callers' logs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        empty = torch.zeros(0, dtype=torch.int64)
+        torch.sparse_csr_tensor(
+            torch.zeros(1, dtype=torch.int64), empty, empty.float(), size=(0, 0), check_invariants=False
+        )
+
+
+_spend_csr_beta_warning()
 
 Tensor = torch.Tensor
 PairDistance = Callable[[Tensor, Tensor], Tensor]
@@ -91,18 +106,28 @@ class _CSR:
         return _CSR(torch.cat(indptr), torch.cat([p.cols for p in parts]), torch.cat([p.vals for p in parts]))
 
 
+# Gathers use index_select: on CPU it is several times faster than advanced indexing (x[idx]).
+
+
+def _take(x: Tensor, index: Tensor) -> Tensor:
+    """x[index] along dim 0 for an index tensor of any shape: [*index.shape, *x.shape[1:]]."""
+    return x.index_select(0, index.reshape(-1)).view(*index.shape, *x.shape[1:])
+
+
 def _ragged(starts: Tensor, lens: Tensor) -> tuple[Tensor, Tensor]:
     """Concatenated ranges [starts[i], starts[i] + lens[i]) -> (owner i of each element, value)."""
-    owner = torch.repeat_interleave(torch.arange(len(lens), device=lens.device), lens)
-    offsets = torch.cumsum(lens, 0) - lens
-    values = torch.arange(len(owner), device=lens.device) - offsets[owner] + starts[owner]
+    total = int(lens.sum())
+    owner = torch.repeat_interleave(torch.arange(len(lens), device=lens.device), lens, output_size=total)
+    values = torch.arange(total, device=lens.device)
+    values += torch.repeat_interleave(starts - (torch.cumsum(lens, 0) - lens), lens, output_size=total)
     return owner, values
 
 
-def _reciprocal(idx: Tensor, rows: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """R(i, k) for i in rows as (N(i, k) [R, k+1] ids, mask [R, k+1] of the reciprocal ones)."""
-    fwd = idx[rows, : k + 1]
-    back = idx[fwd, : k + 1]  # [R, k+1, k+1]
+def _reciprocal(idx: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """R(i, k) for i in rows as (N(i, k) [R, a] ids, mask [R, a] of the reciprocal ones), where idx
+    holds the lists cut to their first a = k + 1 columns (fewer if the lists are shorter)."""
+    fwd = _take(idx, rows)
+    back = _take(idx, fwd)  # [R, a, a]
     return fwd, (back == rows[:, None, None]).any(-1)
 
 
@@ -114,50 +139,51 @@ def _expanded_members(lists: _Lists, rows: Tensor, k1: int) -> tuple[Tensor, Ten
     """
     m = lists.size
     dev = rows.device
-    fwd, rmask = _reciprocal(lists.idx, rows, k1)  # [R, a]
-    r_row, r_slot = rmask.nonzero(as_tuple=True)  # entries (i, j) with j in R(i, k1)
-    r_col = fwd[r_row, r_slot]
+    a = min(k1 + 1, lists.idx.shape[1])
+    fwd, rmask = _reciprocal(lists.idx[:, :a].contiguous(), rows)  # [R, a]
+    r_row = rmask.nonzero(as_tuple=True)[0]
+    r_col = fwd[rmask]  # entries (i, j) with j in R(i, k1), row-major
     cand_rows = torch.unique(r_col)
-    hfwd, hmask = _reciprocal(lists.idx, cand_rows, _half(k1))  # R(j, k1/2) of each candidate j
+    h = min(_half(k1) + 1, lists.idx.shape[1])
+    hfwd, hmask = _reciprocal(lists.idx[:, :h].contiguous(), cand_rows)  # R(j, k1/2)
     h_size = hmask.sum(1)
     h_ptr = torch.cumsum(h_size, 0) - h_size
     slot = torch.zeros(m + 1, dtype=torch.int64, device=dev)
     slot[cand_rows] = torch.arange(len(cand_rows), device=dev)
-    cand = slot[r_col]  # candidate index of each (i, j) entry
-    e_src, e_at = _ragged(h_ptr[cand], h_size[cand])  # every (i, j, l) with l in R(j, k1/2)
-    e_row, e_col = r_row[e_src], hfwd[hmask][e_at]
+    cand = _take(slot, r_col)  # candidate index of each (i, j) entry
+    e_src, e_at = _ragged(_take(h_ptr, cand), _take(h_size, cand))  # every (i, j, l), l in R(j, k1/2)
+    e_row, e_col = _take(r_row, e_src), _take(hfwd[hmask], e_at)
     # One sort of (i, col, origin) keys: origin 0 = member of R(i, k1) (distance known), origin 1 =
     # member of a candidate's R(j, k1/2). Equal (i, col) are adjacent with origin 0 first, so a
     # group starting with origin 0 is a col inside R(i, k1).
     span = m + 1
+    n_r, n_e = len(r_row), len(e_row)
     keys, order = torch.cat([(r_row * span + r_col) * 2, (e_row * span + e_col) * 2 + 1]).sort()
     pair = keys // 2
     starts = torch.ones_like(pair, dtype=torch.bool)
     starts[1:] = pair[1:] != pair[:-1]
     group = torch.cumsum(starts, 0) - 1
-    in_r = (keys[starts] % 2 == 0)[group]
-    n_r = len(r_row)
-    from_ext = order >= n_r
-    src = e_src[order[from_ext] - n_r]  # the (i, j) entry each expansion member came from
+    in_r = _take(keys[starts] % 2 == 0, group)
+    # Back to entry order (inverse permutation), then count per (i, j): |R(j, k1/2) ∩ R(i, k1)|.
+    in_r_entry = torch.empty_like(in_r).scatter_(0, order, in_r)
     inside = torch.zeros(n_r, dtype=torch.int64, device=dev).index_add_(
-        0, src, in_r[from_ext].to(torch.int64)
+        0, e_src, in_r_entry[n_r:].to(torch.int64)
     )
     # Same float expression as the standard's `> 2./3*len(...)`, so boundary cases agree exactly.
-    expand = inside.double() > (2.0 / 3.0) * h_size[cand].double()
-    kept = torch.ones_like(starts)
-    kept[from_ext] = expand[src]
+    expand = inside.double() > (2.0 / 3.0) * _take(h_size, cand).double()
+    kept = _take(torch.cat([torch.ones(n_r, dtype=torch.bool, device=dev), _take(expand, e_src)]), order)
     # Keep the first kept entry of each (i, col) group (origin 0 when col is in R(i, k1)).
     before = torch.cumsum(kept, 0) - kept.to(torch.int64)
-    first = kept & (before == before[starts][group])
+    first = kept & (before == _take(before[starts], group))
     pair = pair[first]
     known = torch.cat(
         [
-            lists.dist[rows[r_row], r_slot],
-            torch.full((len(e_row),), float("nan"), dtype=lists.dist.dtype, device=dev),
+            _take(lists.dist[:, :a], rows)[rmask],
+            torch.full((n_e,), float("nan"), dtype=lists.dist.dtype, device=dev),
         ]
     )
     counts = torch.bincount(pair // span, minlength=len(rows))
-    return counts, pair % span, known[order[first]]
+    return counts, pair % span, _take(known, order[first])
 
 
 def _expanded_weights(lists: _Lists, rows: Tensor, k1: int, pair_dist: PairDistance) -> _CSR:
@@ -166,53 +192,54 @@ def _expanded_weights(lists: _Lists, rows: Tensor, k1: int, pair_dist: PairDista
     for s in range(0, len(rows), _ROW_CHUNK):
         chunk = rows[s : s + _ROW_CHUNK]
         counts, cols, dist = _expanded_members(lists, chunk, k1)
-        owner = torch.repeat_interleave(torch.arange(len(chunk), device=rows.device), counts)
+        owner = torch.repeat_interleave(
+            torch.arange(len(chunk), device=rows.device), counts, output_size=len(cols)
+        )
         unknown = torch.isnan(dist)
         if bool(unknown.any()):
-            dist[unknown] = pair_dist(chunk[owner[unknown]], cols[unknown]).to(dist.dtype)
-        w = torch.exp(-dist / lists.rowmax[chunk][owner])
+            dist[unknown] = pair_dist(_take(chunk, owner[unknown]), cols[unknown]).to(dist.dtype)
+        w = torch.exp(-dist / _take(_take(lists.rowmax, chunk), owner))
         total = torch.zeros(len(chunk), dtype=w.dtype, device=w.device).index_add_(0, owner, w)
         indptr = torch.zeros(len(chunk) + 1, dtype=torch.int64, device=rows.device)
         indptr[1:] = torch.cumsum(counts, 0)
-        parts.append(_CSR(indptr, cols, w / total[owner]))
+        parts.append(_CSR(indptr, cols, w / _take(total, owner)))
     return _CSR.concat(parts)
 
 
 def _gather_rows(v: _CSR, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Entries of the given rows of v -> (owner position in rows, cols, vals)."""
-    starts = v.indptr[rows]
-    owner, pos = _ragged(starts, v.indptr[rows + 1] - starts)
-    return owner, v.cols[pos], v.vals[pos]
+    starts = _take(v.indptr, rows)
+    owner, pos = _ragged(starts, _take(v.indptr, rows + 1) - starts)
+    return owner, _take(v.cols, pos), _take(v.vals, pos)
 
 
 def _query_expanded(v: _CSR, pos_of: Tensor, lists: _Lists, rows: Tensor, k2: int) -> _CSR:
     """V'(i, .) for i in rows: the mean of V over the k2 nearest of i (V itself when k2 = 1).
 
-    pos_of: [M + 1] position in v of each item (v must hold every needed row).
+    pos_of: [M + 1] position in v of each item (v must hold every needed row). V' = A V with A
+    the sparse averaging matrix, one sparse-sparse product (column order within a row of the
+    result is unspecified).
     """
     m = lists.size
     if k2 == 1:
-        owner, cols, vals = _gather_rows(v, pos_of[rows])
+        owner, cols, vals = _gather_rows(v, _take(pos_of, rows))
         indptr = torch.zeros(len(rows) + 1, dtype=torch.int64, device=rows.device)
         indptr[1:] = torch.cumsum(torch.bincount(owner, minlength=len(rows)), 0)
         return _CSR(indptr, cols, vals)
-    parts = []
-    for s in range(0, len(rows), _ROW_CHUNK):
-        chunk = rows[s : s + _ROW_CHUNK]
-        nb = lists.idx[chunk, :k2]
-        present = nb != m
-        who = torch.arange(len(chunk), device=rows.device)[:, None].expand_as(nb)[present]
-        e_owner, cols, vals = _gather_rows(v, pos_of[nb[present]])
-        e_owner = who[e_owner]
-        key, perm = (e_owner * (m + 1) + cols).sort()
-        uniq, inverse = torch.unique_consecutive(key, return_inverse=True)
-        sums = torch.zeros(len(uniq), dtype=vals.dtype, device=vals.device).index_add_(0, inverse, vals[perm])
-        u_owner = uniq // (m + 1)
-        sums /= present.sum(1).to(vals.dtype)[u_owner]
-        indptr = torch.zeros(len(chunk) + 1, dtype=torch.int64, device=rows.device)
-        indptr[1:] = torch.cumsum(torch.bincount(u_owner, minlength=len(chunk)), 0)
-        parts.append(_CSR(indptr, uniq % (m + 1), sums))
-    return _CSR.concat(parts)
+    nb = _take(lists.idx[:, :k2].contiguous(), rows)
+    present = nb != m
+    count = present.sum(1)
+    a_ptr = torch.zeros(len(rows) + 1, dtype=torch.int64, device=rows.device)
+    a_ptr[1:] = torch.cumsum(count, 0)
+    weight = torch.repeat_interleave(1.0 / count.to(v.vals.dtype), count, output_size=int(a_ptr[-1]))
+    n_v = len(v.indptr) - 1
+    average = torch.sparse_csr_tensor(
+        a_ptr, _take(pos_of, nb[present]), weight, size=(len(rows), n_v), check_invariants=False
+    )
+    product = average @ torch.sparse_csr_tensor(
+        v.indptr, v.cols, v.vals, size=(n_v, m + 1), check_invariants=False
+    )
+    return _CSR(product.crow_indices(), product.col_indices(), product.values())
 
 
 def _jaccard_min(v: _CSR, q_rows: Tensor, g_rows: Tensor, m: int) -> Iterator[tuple[int, int, Tensor]]:
@@ -220,19 +247,19 @@ def _jaccard_min(v: _CSR, q_rows: Tensor, g_rows: Tensor, m: int) -> Iterator[tu
 
     Only pairs of entries sharing a column contribute (the standard's inverted-index trick).
     """
+    dev = v.cols.device
     ng = len(g_rows)
     g_owner, g_cols, g_vals = _gather_rows(v, g_rows)
     order = torch.argsort(g_cols, stable=True)
-    g_owner, g_cols, g_vals = g_owner[order], g_cols[order], g_vals[order]
-    col_ptr = torch.zeros(m + 2, dtype=torch.int64, device=v.cols.device)
+    g_owner, g_vals = _take(g_owner, order), _take(g_vals, order)
+    col_ptr = torch.zeros(m + 2, dtype=torch.int64, device=dev)
     col_ptr[1:] = torch.cumsum(torch.bincount(g_cols, minlength=m + 1), 0)
     q_owner, q_cols, q_vals = _gather_rows(v, q_rows)
-    n_pairs = col_ptr[q_cols + 1] - col_ptr[q_cols]
-    q_entry_ptr = torch.zeros(len(q_rows) + 1, dtype=torch.int64, device=v.cols.device)
+    starts = _take(col_ptr, q_cols)
+    n_pairs = _take(col_ptr, q_cols + 1) - starts
+    q_entry_ptr = torch.zeros(len(q_rows) + 1, dtype=torch.int64, device=dev)
     q_entry_ptr[1:] = torch.cumsum(torch.bincount(q_owner, minlength=len(q_rows)), 0)
-    per_query = torch.zeros(len(q_rows), dtype=torch.int64, device=v.cols.device).index_add_(
-        0, q_owner, n_pairs
-    )
+    per_query = torch.zeros(len(q_rows), dtype=torch.int64, device=dev).index_add_(0, q_owner, n_pairs)
     cum = torch.cumsum(per_query, 0).tolist()
     entry_ptr = q_entry_ptr.tolist()
     a = 0
@@ -241,11 +268,18 @@ def _jaccard_min(v: _CSR, q_rows: Tensor, g_rows: Tensor, m: int) -> Iterator[tu
         b = a + 1
         while b < len(q_rows) and cum[b] - done <= _PAIR_CHUNK:
             b += 1
-        e0, e1 = entry_ptr[a], entry_ptr[b]
-        owner, pos = _ragged(col_ptr[q_cols[e0:e1]], n_pairs[e0:e1])
-        mins = torch.minimum(q_vals[e0:e1][owner], g_vals[pos])
-        flat = (q_owner[e0:e1][owner] - a) * ng + g_owner[pos]
-        out = torch.zeros((b - a) * ng, dtype=v.vals.dtype, device=v.vals.device).index_add_(0, flat, mins)
+        e0, e1, total = entry_ptr[a], entry_ptr[b], cum[b - 1] - done
+        lens = n_pairs[e0:e1]
+        # Pair p of query entry e: gallery entry starts[e] + (p - first pair of e).
+        pos = torch.arange(total, device=dev)
+        pos += torch.repeat_interleave(
+            starts[e0:e1] - (torch.cumsum(lens, 0) - lens), lens, output_size=total
+        )
+        flat = torch.repeat_interleave((q_owner[e0:e1] - a) * ng, lens, output_size=total)
+        flat += _take(g_owner, pos)
+        mins = torch.repeat_interleave(q_vals[e0:e1], lens, output_size=total)
+        torch.minimum(mins, _take(g_vals, pos), out=mins)
+        out = torch.zeros((b - a) * ng, dtype=v.vals.dtype, device=dev).index_add_(0, flat, mins)
         yield a, b, out.view(b - a, ng)
         a = b
 
@@ -299,7 +333,10 @@ def _exact_lists(x: Tensor, num_q: int, width: int) -> tuple[_Lists, Tensor]:
     """
     n = x.shape[0]
     dev, dt = x.device, x.dtype
-    sq = (x * x).sum(1)
+    sq = (x * x).sum(1, keepdim=True)
+    one = torch.ones_like(sq)
+    # [x, |x|^2, 1] . [-2y, 1, |y|^2] = |x - y|^2: the whole distance block comes out of one product.
+    left, right = torch.cat([x, sq, one], 1), torch.cat([-2.0 * x, one, sq], 1)
     best_v = torch.full((n, width), float("inf"), dtype=dt, device=dev)
     best_i = torch.full((n, width), n, dtype=torch.int64, device=dev)
     rowmax = torch.zeros(n, dtype=dt, device=dev)
@@ -308,8 +345,7 @@ def _exact_lists(x: Tensor, num_q: int, width: int) -> tuple[_Lists, Tensor]:
         i1 = min(i0 + _BLOCK, n)
         for j0 in range(i0, n, _BLOCK):
             j1 = min(j0 + _BLOCK, n)
-            d = torch.addmm(sq[None, j0:j1], x[i0:i1], x[j0:j1].T, alpha=-2.0)
-            d.add_(sq[i0:i1, None]).clamp_(min=0.0)
+            d = left[i0:i1] @ right[j0:j1].T
             if i0 == j0:
                 d.diagonal().zero_()
             rowmax[i0:i1] = torch.maximum(rowmax[i0:i1], d.amax(1))
@@ -329,15 +365,16 @@ def _exact_lists(x: Tensor, num_q: int, width: int) -> tuple[_Lists, Tensor]:
 
 
 def _feature_pair_distance(x: Tensor, sq: Tensor) -> PairDistance:
-    """d(a, b) = |x_a|^2 + |x_b|^2 - 2 x_a . x_b for index pairs, computed in gathered chunks."""
+    """d(a, b) = |x_a|^2 + |x_b|^2 - 2 x_a . x_b for index pairs, computed in gathered chunks
+    (as the blocks, unclamped: rounding can leave near-duplicates a hair below 0, as in the standard)."""
 
     def pair_distance(a: Tensor, b: Tensor) -> Tensor:
         out = torch.empty(len(a), dtype=x.dtype, device=x.device)
         for s in range(0, len(a), _GATHER_CHUNK):
             aa, bb = a[s : s + _GATHER_CHUNK], b[s : s + _GATHER_CHUNK]
-            dot = torch.bmm(x[aa].unsqueeze(1), x[bb].unsqueeze(2)).view(-1)
-            out[s : s + _GATHER_CHUNK] = sq[aa] + sq[bb] - 2.0 * dot
-        return torch.where(a == b, torch.zeros_like(out), out.clamp_(min=0.0))
+            dot = torch.bmm(_take(x, aa).unsqueeze(1), _take(x, bb).unsqueeze(2)).view(-1)
+            out[s : s + _GATHER_CHUNK] = _take(sq, aa) + _take(sq, bb) - 2.0 * dot
+        return torch.where(a == b, torch.zeros_like(out), out)
 
     return pair_distance
 
@@ -443,11 +480,16 @@ def _unit_sqdist(a: Tensor, b: Tensor) -> Tensor:
 class GalleryNeighborGraph:
     """kNN graph over gallery descriptors, kept up to date as items are added/removed.
 
-    Every item keeps its k nearest other items (distance = squared Euclidean = 2 - 2 cos on the
-    unit-norm descriptors, ascending) and its row max m_i (its largest distance to any item, as
-    of the last time its row was computed or an item was added; removals leave it as an upper
-    bound until the row is recomputed). Descriptors live in a growable float32 array with an
-    id -> row map; removal moves the last rows into the holes.
+    Every item keeps a list of its nearest other items (distance = squared Euclidean = 2 - 2 cos
+    on the unit-norm descriptors, ascending) and its row max m_i (its largest distance to any
+    item, as of the last time its row was computed or an item was added; removals leave it as an
+    upper bound until the row is recomputed). Descriptors live in a growable float32 array with
+    an id -> row map; removal moves the last rows into the holes.
+
+    Lists hold up to k + slack entries and are always exactly the nearest items they hold: a
+    removal just drops entries, and only a list left with fewer than k entries (while more items
+    exist) is recomputed against the whole gallery. A list that has lost entries only takes a
+    new item closer than its last entry (a farther one may not be the next nearest).
 
     ``rerank`` runs the k-reciprocal steps of ``k_reciprocal`` for one query restricted to its
     candidates and their graph neighbourhoods (cost independent of the gallery size):
@@ -470,11 +512,13 @@ class GalleryNeighborGraph:
             raise ValueError(f"k must be an int >= 1, got {k!r}")
         self.dim = dim
         self.k = k
+        self._width = k + max(2, k // 3)  # stored list length: k plus slack for removals
         self._n = 0
         self._feats = np.empty((0, dim), dtype=np.float32)
         self._ids = np.empty(0, dtype=np.int64)
-        self._nbr = np.empty((0, k), dtype=np.int64)  # rows of the k nearest other items, -1 = none
-        self._nbr_d = np.empty((0, k), dtype=np.float32)  # their distances, inf = none
+        self._nbr = np.empty((0, self._width), dtype=np.int64)  # rows of the nearest items, -1 = none
+        self._nbr_d = np.empty((0, self._width), dtype=np.float32)  # their distances, inf = none
+        self._complete = np.empty(0, dtype=bool)  # the list holds every other item
         self._rowmax = np.empty(0, dtype=np.float32)
         self._row_of: dict[int, int] = {}
 
@@ -495,8 +539,8 @@ class GalleryNeighborGraph:
         """Graph lists of the given items: (neighbour ids int64 [n, k], distances float32 [n, k]),
         nearest first; -1 / inf pad lists of a gallery with at most k items."""
         rows = self._rows_of(_check_ids(ids, "ids"))
-        nbr = self._nbr[rows]
-        return np.where(nbr >= 0, self._ids[nbr], -1), self._nbr_d[rows].copy()
+        nbr = self._nbr[rows, : self.k]
+        return np.where(nbr >= 0, self._ids[nbr], -1), self._nbr_d[rows, : self.k]
 
     def _rows_of(self, ids: np.ndarray) -> np.ndarray:
         try:
@@ -508,18 +552,19 @@ class GalleryNeighborGraph:
         cap = len(self._ids)
         if n <= cap:
             return
-        cap = max(n, 2 * cap, 1024)
+        cap = max(n, cap + cap // 2, 1024)
 
-        def grown(a: np.ndarray, fill: float | int) -> np.ndarray:
-            out = np.full((cap, *a.shape[1:]), fill, dtype=a.dtype)
+        def grown(a: np.ndarray) -> np.ndarray:
+            out = np.empty((cap, *a.shape[1:]), dtype=a.dtype)  # rows >= n are written by add
             out[: self._n] = a[: self._n]
             return out
 
-        self._feats = grown(self._feats, 0.0)
-        self._ids = grown(self._ids, -1)
-        self._nbr = grown(self._nbr, -1)
-        self._nbr_d = grown(self._nbr_d, np.inf)
-        self._rowmax = grown(self._rowmax, 0.0)
+        self._feats = grown(self._feats)
+        self._ids = grown(self._ids)
+        self._nbr = grown(self._nbr)
+        self._nbr_d = grown(self._nbr_d)
+        self._complete = grown(self._complete)
+        self._rowmax = grown(self._rowmax)
 
     def add(self, ids: np.ndarray, feats: np.ndarray) -> None:
         """Add items (ids int64 [n], new and unique; feats float32 [n, dim], unit norm)."""
@@ -538,10 +583,12 @@ class GalleryNeighborGraph:
         self._ids[n0:n1] = ids
         self._nbr[n0:n1] = -1
         self._nbr_d[n0:n1] = np.inf
+        self._complete[n0:n1] = True  # complete over the items seen so far while being linked
         self._rowmax[n0:n1] = 0.0
         self._row_of.update(zip(ids.tolist(), range(n0, n1), strict=True))
         self._n = n1
         self._link_new_rows(n0)
+        self._complete[:n1] &= (self._nbr[:n1] >= 0).sum(1) == n1 - 1
 
     def _link_new_rows(self, n0: int) -> None:
         """Lists of rows [n0, n) against all rows, and insertion of them into older rows' lists.
@@ -550,15 +597,15 @@ class GalleryNeighborGraph:
         before the block (older items and earlier new blocks) take the block's rows as neighbour
         candidates.
         """
-        n, k = self._n, self.k
+        n, w = self._n, self._width
         feats = torch.from_numpy(self._feats[:n])
         nbr = torch.from_numpy(self._nbr[:n])  # views: writes land in the numpy arrays
         nbr_d = torch.from_numpy(self._nbr_d[:n])
         rowmax = torch.from_numpy(self._rowmax[:n])
         for i0 in range(n0, n, _GRAPH_ROWS):
             i1 = min(i0 + _GRAPH_ROWS, n)
-            best_v = torch.full((i1 - i0, k), float("inf"))
-            best_i = torch.full((i1 - i0, k), -1, dtype=torch.int64)
+            best_v = torch.full((i1 - i0, w), float("inf"))
+            best_i = torch.full((i1 - i0, w), -1, dtype=torch.int64)
             rmax = torch.zeros(i1 - i0)
             for j0 in range(0, i1, _GRAPH_COLS):
                 j1 = min(j0 + _GRAPH_COLS, i1)
@@ -573,25 +620,38 @@ class GalleryNeighborGraph:
                 if c1 > j0:
                     old = d[:, : c1 - j0]
                     rowmax[j0:c1] = torch.maximum(rowmax[j0:c1], old.amax(0))
-                    # Only older rows whose k-th distance the block beats need a merge.
-                    upd = torch.nonzero(old.amin(0) < nbr_d[j0:c1, k - 1]).squeeze(1)
+                    # Only older rows whose last distance the block beats need a merge.
+                    upd = torch.nonzero(old.amin(0) < nbr_d[j0:c1, w - 1]).squeeze(1)
                     if len(upd):
                         r = upd + j0
                         nv, ni = nbr_d[r], nbr[r]
-                        _offer(nv, ni, old[:, upd], i0, transposed=True)
+                        cand = old[:, upd]
+                        limit = self._admission_limit(r.numpy(), ni, nv)
+                        if bool(torch.isfinite(limit).any()):
+                            cand = torch.where(cand < limit[None, :], cand, float("inf"))
+                        _offer(nv, ni, cand, i0, transposed=True)
+                        ni[torch.isinf(nv)] = -1
                         nbr_d[r], nbr[r] = nv, ni
             best_i[torch.isinf(best_v)] = -1
             nbr_d[i0:i1], nbr[i0:i1] = best_v, best_i
             rowmax[i0:i1] = rmax
 
+    def _admission_limit(self, rows: np.ndarray, nbr: Tensor, nbr_d: Tensor) -> Tensor:
+        """Per row, the distance below which a new item may enter its list: inf for a complete or
+        full list, else its last entry's distance (the list is exact only up to there)."""
+        count = (nbr >= 0).sum(1)
+        last = nbr_d.gather(1, (count - 1).clamp(min=0)[:, None]).squeeze(1)
+        open_ended = torch.from_numpy(self._complete[rows]) | (count == nbr.shape[1])
+        return torch.where(open_ended, torch.full_like(last, float("inf")), last)
+
     def _recompute_rows(self, rows: np.ndarray) -> None:
-        """Recompute the lists and row maxima of the given rows against all rows."""
-        n, k = self._n, self.k
+        """Recompute the lists, completeness and row maxima of the given rows against all rows."""
+        n, w = self._n, self._width
         feats = torch.from_numpy(self._feats[:n])
         for s in range(0, len(rows), _GRAPH_ROWS):
             r = torch.from_numpy(rows[s : s + _GRAPH_ROWS])
-            best_v = torch.full((len(r), k), float("inf"))
-            best_i = torch.full((len(r), k), -1, dtype=torch.int64)
+            best_v = torch.full((len(r), w), float("inf"))
+            best_i = torch.full((len(r), w), -1, dtype=torch.int64)
             rmax = torch.zeros(len(r))
             fr = feats[r]
             for j0 in range(0, n, _GRAPH_COLS):
@@ -604,10 +664,12 @@ class GalleryNeighborGraph:
             best_i[torch.isinf(best_v)] = -1
             self._nbr[r.numpy()] = best_i.numpy()
             self._nbr_d[r.numpy()] = best_v.numpy()
+            self._complete[r.numpy()] = (best_i >= 0).sum(1).numpy() == n - 1
             self._rowmax[r.numpy()] = rmax.numpy()
 
     def remove(self, ids: np.ndarray) -> None:
-        """Remove items (unknown ids -> KeyError, nothing removed) and repair the lists that held them."""
+        """Remove items (unknown ids -> KeyError, nothing removed) and repair the lists that held them:
+        their entries are dropped, and lists left shorter than k are recomputed."""
         ids = _check_ids(ids, "ids")
         rows = self._rows_of(ids)
         if len(rows) == 0:
@@ -623,16 +685,22 @@ class GalleryNeighborGraph:
         remap[rows] = -1
         remap[movers] = holes
         remap[n] = -1
-        for a in (self._feats, self._ids, self._nbr, self._nbr_d, self._rowmax):
+        # Drop the removed entries from the affected lists, keeping them sorted (inf sorts last).
+        nb, nd = self._nbr[affected], self._nbr_d[affected]
+        dropped = gone[nb]
+        nb[dropped], nd[dropped] = -1, np.inf
+        order = np.argsort(nd, axis=1, kind="stable")
+        self._nbr[affected] = np.take_along_axis(nb, order, 1)
+        self._nbr_d[affected] = np.take_along_axis(nd, order, 1)
+        short = affected[((self._nbr[affected] >= 0).sum(1) < self.k) & ~self._complete[affected]]
+        for a in (self._feats, self._ids, self._nbr, self._nbr_d, self._complete, self._rowmax):
             a[holes] = a[movers]
         for i in ids.tolist():
             del self._row_of[i]
         self._row_of.update(zip(self._ids[holes].tolist(), holes.tolist(), strict=True))
         self._n = keep_n
         self._nbr[:keep_n] = remap[self._nbr[:keep_n]]
-        self._nbr[keep_n:n] = -1
-        self._nbr_d[keep_n:n] = np.inf
-        self._recompute_rows(remap[affected])
+        self._recompute_rows(remap[short])
 
     def rerank(
         self,
@@ -667,8 +735,8 @@ class GalleryNeighborGraph:
         q_dst = np.full(width, np.inf, dtype=np.float32)
         q_idx[0], q_dst[0] = qid, 0.0
         q_idx[1 : 1 + len(near)], q_dst[1 : 1 + len(near)] = rows[near], dq[near]
-        c_idx = np.concatenate([self._nbr[rows], np.full((num_c, 1), qid)], 1)
-        c_dst = np.concatenate([self._nbr_d[rows], dq[:, None]], 1)
+        c_idx = np.concatenate([self._nbr[rows, :k], np.full((num_c, 1), qid)], 1)
+        c_dst = np.concatenate([self._nbr_d[rows, :k], dq[:, None]], 1)
         o = np.argsort(c_dst, axis=1, kind="stable")[:, :k]
         c_idx, c_dst = np.take_along_axis(c_idx, o, 1), np.take_along_axis(c_dst, o, 1)
         # Dense maps over the row space (0..n-1 gallery, n the query, n+1 catches -1 entries):

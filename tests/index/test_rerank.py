@@ -134,6 +134,25 @@ def assert_lists_are_exact(graph: GalleryNeighborGraph, ids: np.ndarray, feats: 
     assert (nbr[:, have:] == -1).all() and np.isinf(nbr_d[:, have:]).all()
 
 
+def assert_storage_exact(graph: GalleryNeighborGraph):
+    """White-box invariant: every stored list (k + slack long) is exactly the nearest items it
+    holds, at least k of them unless it holds every other item."""
+    n = len(graph)
+    feats = graph._feats[:n].astype(np.float64)
+    d = 2.0 - 2.0 * feats @ feats.T
+    np.fill_diagonal(d, np.inf)
+    order = np.argsort(d, axis=1, kind="stable")
+    for r in range(n):
+        valid = graph._nbr[r] >= 0
+        count = int(valid.sum())
+        assert valid[:count].all(), f"row {r}: entries not a prefix"
+        assert count >= min(graph.k, n - 1), f"row {r}: only {count} entries"
+        assert graph._complete[r] == (count == n - 1)
+        np.testing.assert_array_equal(
+            np.sort(graph._nbr[r, :count]), np.sort(order[r, :count]), err_msg=f"row {r}"
+        )
+
+
 @pytest.fixture
 def rr_small_blocks(monkeypatch):
     monkeypatch.setattr(rerank, "_GRAPH_ROWS", 16)
@@ -161,15 +180,28 @@ def test_graph_add_and_remove_keep_exact_lists(rr_small_blocks):
     graph.remove(gone)
     alive = ~np.isin(ids, gone)
     assert_lists_are_exact(graph, ids[alive], feats[alive])
+    assert_storage_exact(graph)
     assert gone[0] not in graph
 
+    # Lists that lost entries take back only what is provably among their nearest.
     back = gone[:10]
     graph.add(back, feats[[int(np.flatnonzero(ids == b)[0]) for b in back]])
     alive |= np.isin(ids, back)
     assert_lists_are_exact(graph, ids[alive], feats[alive])
+    assert_storage_exact(graph)
     assert sorted(graph.ids().tolist()) == sorted(ids[alive].tolist())
 
-    graph.remove(ids[alive])
+    more = rng.choice(ids[alive], 40, replace=False)
+    graph.remove(more)
+    alive &= ~np.isin(ids, more)
+    assert_lists_are_exact(graph, ids[alive], feats[alive])
+    assert_storage_exact(graph)
+
+    # Shrink below k + 1 items: every list then holds all the others.
+    graph.remove(ids[alive][5:])
+    assert_storage_exact(graph)
+    assert graph._complete[: len(graph)].all()
+    graph.remove(ids[alive][:5])
     assert len(graph) == 0
 
 
