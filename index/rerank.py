@@ -304,14 +304,13 @@ def _merge_nearest(cur_v: Tensor, cur_i: Tensor, new_v: Tensor, new_i: Tensor) -
     return best_v, i.gather(1, at)
 
 
-def _offer(best_v: Tensor, best_i: Tensor, d: Tensor, base: int, transposed: bool) -> None:
+def _offer(best_v: Tensor, best_i: Tensor, d: Tensor, base: int) -> None:
     """Merge a distance block into sorted neighbour lists, in place.
 
-    best_v, best_i: [R, W] lists of the receiving rows (views). Without ``transposed`` row r
-    receives d[r, j] as neighbour base + j; with it, row r receives d[i, r] as neighbour base + i.
+    best_v, best_i: [R, W] lists of the receiving rows (views); row r receives d[r, j] [R, C] as
+    neighbour base + j.
     """
-    block = d.T.contiguous() if transposed else d
-    v, at = block.topk(min(best_v.shape[1], block.shape[1]), dim=1, largest=False)
+    v, at = d.topk(min(best_v.shape[1], d.shape[1]), dim=1, largest=False)
     new_v, new_i = _merge_nearest(best_v, best_i, v, at + base)
     best_v.copy_(new_v)
     best_i.copy_(new_i)
@@ -349,10 +348,11 @@ def _exact_lists(x: Tensor, num_q: int, width: int) -> tuple[_Lists, Tensor]:
             if i0 == j0:
                 d.diagonal().zero_()
             rowmax[i0:i1] = torch.maximum(rowmax[i0:i1], d.amax(1))
-            _offer(best_v[i0:i1], best_i[i0:i1], d, j0, transposed=False)
+            _offer(best_v[i0:i1], best_i[i0:i1], d, j0)
             if j0 != i0:
-                rowmax[j0:j1] = torch.maximum(rowmax[j0:j1], d.amax(0))
-                _offer(best_v[j0:j1], best_i[j0:j1], d, i0, transposed=True)
+                d_t = d.T.contiguous()  # rows of J: contiguous reductions are much faster
+                rowmax[j0:j1] = torch.maximum(rowmax[j0:j1], d_t.amax(1))
+                _offer(best_v[j0:j1], best_i[j0:j1], d_t, i0)
             r1, c0 = min(i1, num_q), max(j0, num_q)
             if r1 > i0 and j1 > c0:
                 qg[i0:r1, c0 - num_q : j1 - num_q] = d[: r1 - i0, c0 - j0 :]
@@ -615,7 +615,7 @@ class GalleryNeighborGraph:
                 if lo < hi:
                     self_rows = torch.arange(lo, hi)
                     d[self_rows - i0, self_rows - j0] = float("inf")
-                _offer(best_v, best_i, d, j0, transposed=False)
+                _offer(best_v, best_i, d, j0)
                 c1 = min(j1, i0)  # rows before this block: older items and earlier new blocks
                 if c1 > j0:
                     old = d[:, : c1 - j0]
@@ -629,7 +629,7 @@ class GalleryNeighborGraph:
                         limit = self._admission_limit(r.numpy(), ni, nv)
                         if bool(torch.isfinite(limit).any()):
                             cand = torch.where(cand < limit[None, :], cand, float("inf"))
-                        _offer(nv, ni, cand, i0, transposed=True)
+                        _offer(nv, ni, cand.T.contiguous(), i0)
                         ni[torch.isinf(nv)] = -1
                         nbr_d[r], nbr[r] = nv, ni
             best_i[torch.isinf(best_v)] = -1
@@ -660,7 +660,7 @@ class GalleryNeighborGraph:
                 rmax = torch.maximum(rmax, d.amax(1))
                 own = torch.nonzero((r >= j0) & (r < j1)).squeeze(1)
                 d[own, r[own] - j0] = float("inf")
-                _offer(best_v, best_i, d, j0, transposed=False)
+                _offer(best_v, best_i, d, j0)
             best_i[torch.isinf(best_v)] = -1
             self._nbr[r.numpy()] = best_i.numpy()
             self._nbr_d[r.numpy()] = best_v.numpy()
