@@ -29,7 +29,8 @@ from PIL import Image, UnidentifiedImageError
 from service.core.errors import ApiError
 from service.encoders import InputSpec, prepare_tracklet
 
-ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
+# PIL reports camera JPEGs with embedded previews as MPO; they are JPEG files.
+_DECODED_AS: dict[str, tuple[str, ...]] = {"JPEG": ("JPEG", "MPO"), "PNG": ("PNG",), "WEBP": ("WEBP",)}
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def decode_frame(data: bytes, name: str, limits: FrameLimits) -> Image.Image:
             raise _too_many_pixels(name, None, limits) from None
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             raise _corrupt(name, sniffed, exc) from None
-        if image.format != sniffed:
+        if image.format not in _DECODED_AS[sniffed]:
             raise _corrupt(name, sniffed, ValueError(f"decoder reports {image.format}"))
         width, height = image.size
         if width < 1 or height < 1:

@@ -96,36 +96,52 @@ def _without(hits: list[IdentityHit], tracklet_id: str, top_k: int, aggregate: s
     ]
 
 
-def run_search(
-    gallery: Gallery,
-    settings: Settings,
-    descriptor: np.ndarray,
-    options: QueryOptions,
-    query_camera: str | None,
-    exclude_tracklet: str | None = None,
-) -> SearchOutcome:
-    """Search the gallery (blocking; call from a worker thread)."""
+@dataclass(frozen=True)
+class SearchPlan:
+    """Validated search parameters, built before any decoding or embedding is spent on a query."""
+
+    top_k: int
+    aggregate: str
+    filters: SearchFilter | None
+    rerank: RerankParams | None
+    exclude_tracklet: str | None
+
+
+def plan_search(
+    options: QueryOptions, settings: Settings, query_camera: str | None, exclude_tracklet: str | None = None
+) -> SearchPlan:
+    """Check the options against the settings (422 ``ApiError`` when they cannot be served)."""
     if options.top_k > settings.max_top_k:
         raise ApiError(422, "invalid_request", f"top_k must be at most {settings.max_top_k}", field="top_k")
-    filt = build_filter(options, query_camera)
-    rerank = build_rerank(options, settings)
-    want = options.top_k + (1 if exclude_tracklet is not None else 0)
+    return SearchPlan(
+        top_k=options.top_k,
+        aggregate=options.aggregate,
+        filters=build_filter(options, query_camera),
+        rerank=build_rerank(options, settings),
+        exclude_tracklet=exclude_tracklet,
+    )
+
+
+def run_search(gallery: Gallery, settings: Settings, descriptor: np.ndarray, plan: SearchPlan) -> SearchOutcome:
+    """Search the gallery (blocking; call from a worker thread)."""
+    want = plan.top_k + (1 if plan.exclude_tracklet is not None else 0)
     candidates = max(settings.search_candidates, want)
+    aggregate = plan.aggregate  # type: ignore[assignment]
 
     start = time.perf_counter()
-    result = gallery.search(descriptor, top_k=want, filters=filt, rerank=None, aggregate=options.aggregate,
+    result = gallery.search(descriptor, top_k=want, filters=plan.filters, rerank=None, aggregate=aggregate,
                             candidates=candidates)
     search_s = time.perf_counter() - start
     rerank_s = 0.0
-    if rerank is not None:
+    if plan.rerank is not None:
         start = time.perf_counter()
-        result = gallery.search(descriptor, top_k=want, filters=filt, rerank=rerank, aggregate=options.aggregate,
-                                candidates=candidates)
+        result = gallery.search(descriptor, top_k=want, filters=plan.filters, rerank=plan.rerank,
+                                aggregate=aggregate, candidates=candidates)
         rerank_s = max(0.0, time.perf_counter() - start - search_s)
 
     identities = result.identities
-    if exclude_tracklet is not None:
-        identities = _without(identities, exclude_tracklet, options.top_k, options.aggregate)
+    if plan.exclude_tracklet is not None:
+        identities = _without(identities, plan.exclude_tracklet, plan.top_k, plan.aggregate)
     results = [
         IdentityResult(
             rank=hit.rank,
@@ -136,6 +152,6 @@ def run_search(
                 for t in hit.tracklets
             ],
         )
-        for hit in identities[: options.top_k]
+        for hit in identities[: plan.top_k]
     ]
     return SearchOutcome(results=results, reranked=result.reranked, search_ms=search_s * 1e3, rerank_ms=rerank_s * 1e3)

@@ -23,7 +23,7 @@ from service.core.errors import ApiError
 from service.images import decode_tracklet
 from service.runtime import Runtime
 from service.schemas import ErrorBody, QueryByTracklet, QueryOptions, QueryResponse, Timings
-from service.search import run_search
+from service.search import plan_search, run_search
 
 router = APIRouter(tags=["query"])
 
@@ -77,18 +77,16 @@ async def query(request: Request, _: ReadAccess, runtime: ReadyRuntime) -> Query
     start = time.perf_counter()
     s = runtime.settings
     decode_ms = embed_ms = 0.0
-    exclude: str | None = None
     if media_type(request) == "application/json":
         by_id = await read_json(request, _BY_TRACKLET)
-        options: QueryOptions = by_id
         enrolled = await run_in_threadpool(_enrolled, runtime, by_id.tracklet_id)
         if enrolled is None:
             raise ApiError(
                 404, "tracklet_not_found", f"no tracklet {by_id.tracklet_id!r} is enrolled", field="tracklet_id"
             )
         descriptor, stored_camera = enrolled
-        query_camera = options.query_camera if options.query_camera is not None else stored_camera
-        exclude = by_id.tracklet_id
+        query_camera = by_id.query_camera if by_id.query_camera is not None else stored_camera
+        plan = plan_search(by_id, s, query_camera, exclude_tracklet=by_id.tracklet_id)
     else:
         body = await read_frames_form(
             request,
@@ -98,6 +96,7 @@ async def query(request: Request, _: ReadAccess, runtime: ReadyRuntime) -> Query
         )
         options = parse_fields(QueryOptions, body.fields)
         check_frame_count(body.frames, s.max_frames_per_tracklet)
+        plan = plan_search(options, s, options.query_camera)
         t0 = time.perf_counter()
         frames = await run_in_threadpool(
             decode_tracklet, [(f.name, f.data) for f in body.frames], runtime.frame_limits, runtime.encoder.input_spec
@@ -105,10 +104,9 @@ async def query(request: Request, _: ReadAccess, runtime: ReadyRuntime) -> Query
         t1 = time.perf_counter()
         descriptor = await runtime.batcher.embed(frames)
         decode_ms, embed_ms = (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
-        query_camera = options.query_camera
     gallery = runtime.gallery
     assert gallery is not None
-    outcome = await run_in_threadpool(run_search, gallery, s, descriptor, options, query_camera, exclude)
+    outcome = await run_in_threadpool(run_search, gallery, s, descriptor, plan)
     return QueryResponse(
         results=outcome.results,
         reranked=outcome.reranked,
