@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -133,7 +134,8 @@ async def read_json(request: Request, adapter: TypeAdapter[T]) -> T:
         )
     body = await request.body()
     try:
-        return adapter.validate_json(body)
+        # A large bulk import takes a while to parse: keep the event loop free meanwhile.
+        return await run_in_threadpool(adapter.validate_json, body)
     except ValidationError as exc:
         errors = list(exc.errors())
         if errors and errors[0].get("type") == "json_invalid":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -140,3 +141,33 @@ def test_reranking_can_be_disabled(checkpoints: Any, sqlite_url: str, make_setti
     with pytest.raises(ApiClientError) as disabled:
         client.query(tracklet_id="t0", rerank=True)
     assert disabled.value.status == 422 and disabled.value.error == "rerank_disabled"
+
+
+def test_snapshot_restart(checkpoints: Any, sqlite_url: str, tmp_path: Path, make_settings: Callable[..., Any],
+                          thread_server: Callable[..., Any], make_tracklet: Callable[..., Any],
+                          caplog: pytest.LogCaptureFixture) -> None:
+    """With a snapshot directory a restart loads the index from the snapshot written at shutdown; a
+    store written to since then (by a server without snapshots) makes it rebuild from the store."""
+    snapshots = tmp_path / "snapshots"
+    with_snapshots = make_settings(checkpoints.a, sqlite_url, snapshot_dir=snapshots)
+    server = thread_server(with_snapshots)
+    seeds = _fill(server, make_tracklet)
+    server.stop()
+    assert (snapshots / "manifest.json").is_file()
+
+    caplog.set_level(logging.INFO, logger="index.snapshot")
+    again = thread_server(with_snapshots)
+    assert "gallery loaded from snapshot" in caplog.text
+    client = again.client()
+    assert (client.stats()["tracklets"], client.stats()["indexed_tracklets"]) == (3, 3)
+    assert client.query(frames=make_tracklet(seeds["t1"]), top_k=1)["results"][0]["identity"] == "id1"
+    again.stop()
+
+    plain = thread_server(make_settings(checkpoints.a, sqlite_url))
+    plain.client().enroll(make_tracklet(7), "late", tracklet_id="late")
+    plain.stop()
+    caplog.clear()
+    rebuilt = thread_server(with_snapshots).client()
+    assert "not used" in caplog.text and "gallery loaded from snapshot" not in caplog.text
+    assert (rebuilt.stats()["tracklets"], rebuilt.stats()["indexed_tracklets"]) == (4, 4)
+    assert rebuilt.query(frames=make_tracklet(7), top_k=1)["results"][0]["identity"] == "late"

@@ -79,8 +79,8 @@ async def enroll(request: Request, response: Response, _: WriteAccess, runtime: 
     fields = parse_fields(EnrollFields, body.fields)
     check_frame_count(body.frames, s.max_frames_per_tracklet)
     data = [f.data for f in body.frames]
-    content_hash = frames_content_hash(
-        data, fields.identity, fields.camera, fields.platform, fields.session, fields.metadata
+    content_hash = await run_in_threadpool(
+        frames_content_hash, data, fields.identity, fields.camera, fields.platform, fields.session, fields.metadata
     )
     if fields.tracklet_id is not None:
         # Decided before decoding: a retried upload costs no embedding.
