@@ -271,8 +271,11 @@ def task_serve(g: int, num_queries: int, ks: list[int]) -> dict:
     _, t_build, peak = measured(lambda: graph.add(ids[:-100], gf[:-100]))
     out = {"G": g, "build_s": t_build, "build_peak_mb": peak, "rows": []}
     t0 = time.perf_counter()
-    graph.add(ids[-100:], gf[-100:])
-    out["add100_ms"] = 1e3 * (time.perf_counter() - t0)
+    graph.add(ids[-100:-50], gf[-100:-50])  # the first add after the build also grows the arrays
+    out["add50_first_ms"] = 1e3 * (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    graph.add(ids[-50:], gf[-50:])
+    out["add50_ms"] = 1e3 * (time.perf_counter() - t0)
     rng = np.random.default_rng(3)
     gone = rng.choice(g, 100, replace=False).astype(np.int64)
     t0 = time.perf_counter()
@@ -414,9 +417,10 @@ def render(res: dict, command: str, load: tuple[str, str]) -> str:
     lines += [
         "",
         f"Serving at G={s['G']:,}: graph build (blocked matmul, all {s['G'] - 100:,} items at once) "
-        f"{s['build_s']:.0f} s, peak memory {s['build_peak_mb']:.0f} MB; adding 100 items {s['add100_ms']:.0f} ms; "
-        f"removing 100 random items (lists that held them recomputed) {s['remove100_ms']:.0f} ms. Per-query "
-        "re-ranking time (candidate search excluded):",
+        f"{s['build_s']:.0f} s, peak memory {s['build_peak_mb']:.0f} MB; then adding 50 items "
+        f"{s['add50_first_ms']:.0f} ms (includes growing the storage arrays), 50 more {s['add50_ms']:.0f} ms; "
+        f"removing 100 random items {s['remove100_ms']:.0f} ms (entries dropped; lists left shorter than k "
+        "recomputed). Per-query re-ranking time (candidate search excluded):",
         "",
         "| K | median ms / query | p95 ms |",
         "|---:|---:|---:|",

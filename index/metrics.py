@@ -8,9 +8,10 @@ with no positive are skipped and counted.
 
 The evaluator never sorts a row. A positive's 0-based rank among the kept items is
     rank(p) = #{positives before p} + #{negatives j : (d_j, j) < (d_p, p)}
-and AP, CMC and INP need nothing else. Per chunk of queries it compares the row against each
-positive's distance (one vectorised pass per positive, bits counted 64 at a time), so the cost is
-O(Q * G * P) with P the largest positive count in the chunk; queries are grouped by P.
+and AP, CMC and INP need nothing else. Per chunk of queries it compares the rows against each
+positive's distance (a < and a <= pass per positive, bits counted 64 at a time; where the two
+counts differ, an exact tie is resolved by index), so the cost is O(Q * G * P) with P the
+largest positive count in the chunk; queries are grouped by P and chunks run on threads.
 """
 
 from __future__ import annotations

@@ -773,10 +773,11 @@ class GalleryNeighborGraph:
         m = len(universe)
         local = np.full(n + 2, m, dtype=np.int64)
         local[universe] = np.arange(m)
-        li, ld = lists_of(universe, width)
+        w = max(k1 + 1, k2)  # the steps read no further down a list
+        li, ld = lists_of(universe, w)
         li = local[li]
-        idx = np.vstack([li, np.full((1, width), m)])
-        dist = np.vstack([np.where(li < m, ld, np.inf), np.full((1, width), np.inf)]).astype(np.float32)
+        idx = np.vstack([li, np.full((1, w), m)])
+        dist = np.vstack([np.where(li < m, ld, np.inf), np.full((1, w), np.inf)]).astype(np.float32)
         rowmax = np.empty(m, dtype=np.float32)
         gal = universe < qid
         rowmax[gal] = self._rowmax[universe[gal]]
