@@ -175,10 +175,23 @@ def task_rerank(g: int) -> dict:
     from index.rerank import k_reciprocal
 
     d = make_data(g)
-    repeats = 2 if g >= 10_000 else 3
-    final, t, peak = measured(lambda: k_reciprocal(d["qf"], d["gf"], K1, K2, LAMBDA), repeats=repeats)
+
+    def rerank() -> object:
+        return k_reciprocal(d["qf"], d["gf"], K1, K2, LAMBDA)
+
+    def matmul() -> object:
+        return torch.mm(x, x.T)
+
+    final, t, peak = measured(rerank)
     plain = evaluate_rank(2.0 - 2.0 * d["qf"] @ d["gf"].T, d["q_pid"], d["g_pid"], d["q_cam"], d["g_cam"])
     rr = evaluate_rank(final, d["q_pid"], d["g_pid"], d["q_cam"], d["g_cam"])
+    del final
+    x = torch.from_numpy(np.concatenate([d["qf"], d["gf"]]))
+    _, t_mm, peak_mm = measured(matmul)
+    # Interleaved repeats, best of each: the two see the same background load.
+    for _ in range(2):
+        t = min(t, measured(rerank)[1])
+        t_mm = min(t_mm, measured(matmul)[1])
     out = {
         "G": g,
         "Q": len(d["qf"]),
@@ -187,9 +200,6 @@ def task_rerank(g: int) -> dict:
         "mAP_plain": plain.mAP,
         "mAP_rerank": rr.mAP,
     }
-    x = torch.from_numpy(np.concatenate([d["qf"], d["gf"]]))
-    del final
-    _, t_mm, peak_mm = measured(lambda: torch.mm(x, x.T), repeats=repeats)
     out.update(matmul_s=t_mm, matmul_peak_mb=peak_mm, ratio=t / t_mm)
     return out
 
@@ -376,8 +386,8 @@ def render(res: dict, command: str, load: tuple[str, str]) -> str:
     n = r["G"] + r["Q"]
     lines += [
         "",
-        f"Bare matmul = one (N x {DIM}) @ ({DIM} x N) float32 `torch.mm` (N = Q + G) in the same process, best "
-        f"of the same number of runs (its own peak at N={n:,}: {r['matmul_peak_mb']:.0f} MB, the N x N "
+        f"Bare matmul = one (N x {DIM}) @ ({DIM} x N) float32 `torch.mm` (N = Q + G) in the same process, runs "
+        f"interleaved with k_reciprocal's, best of 3 each (its own peak at N={n:,}: {r['matmul_peak_mb']:.0f} MB, the N x N "
         "result). k_reciprocal computes each symmetric block pair of the distance matrix once (half the "
         "product) and never holds the N x N result, so it can undercut one full product.",
     ]
