@@ -168,7 +168,9 @@ def open_runtime(settings: Settings, metrics: ServiceMetrics | None = None) -> R
     except CheckpointError as exc:
         raise StartupError(f"cannot load the checkpoint: {exc}") from exc
     except (OSError, RuntimeError, ValueError) as exc:
-        raise StartupError(f"cannot load the checkpoint {settings.checkpoint}: {exc}") from exc
+        raise StartupError(
+            f"cannot create the {settings.backend} encoder for {settings.checkpoint} on {settings.device}: {exc}"
+        ) from exc
     url = settings.store_url
     try:
         store = open_store(url, redis_prefix=settings.redis_prefix)
