@@ -502,7 +502,11 @@ class GalleryNeighborGraph:
         nearest neighbour is about as far from the query);
       * other queries take no part (in a batch evaluation they also enter gallery items' lists).
     With the whole gallery as candidates this is ``k_reciprocal`` of the single query, up to
-    float32 rounding.
+    float32 rounding. Per query the work grows with K * k2 * k1 * round(k1/2) list entries and
+    O(K * k2 * k1 * d) for distances, not with the gallery size (bar O(G) bytes of scratch maps).
+
+    Concurrent ``rerank`` calls are safe; ``add``/``remove`` must not run alongside anything else
+    (the caller's lock).
     """
 
     def __init__(self, dim: int, k: int = 30) -> None:
