@@ -7,10 +7,11 @@ one more branch there.
 
 Preprocessing is shared by all backends (``prepare_tracklet``): frames are converted with
 ``model.preprocess`` (RGB, bicubic resize to the model's input size, CLIP normalisation) after
-frame sampling. A tracklet longer than the model's ``eval_frames`` (8 for the presets) is sampled
-to exactly ``eval_frames`` frames with ``model.sampling.even_indices`` (the centre frame of each of
-``eval_frames`` equal segments, in time order) - the test-time protocol the model is evaluated
-with; a shorter tracklet is used as is, with its own T.
+frame sampling. Every tracklet is embedded with exactly ``eval_frames`` frames (8 for the
+presets) chosen by ``model.sampling.even_indices`` (the centre frame of each of ``eval_frames``
+equal segments, in time order; a shorter tracklet repeats frames in order). That is the
+test-time protocol of ``sasreid evaluate``, so the API and the evaluator give the same
+descriptor for the same frames, and it is the fixed T an exported ONNX graph takes.
 """
 
 from __future__ import annotations
@@ -64,8 +65,6 @@ class Encoder(Protocol):
 
 def sample_frames(n: int, eval_frames: int) -> np.ndarray:
     """Indices of the frames a tracklet of ``n`` frames is embedded with (see module docstring)."""
-    if n <= eval_frames:
-        return np.arange(n, dtype=np.int64)
     return even_indices(n, eval_frames)
 
 
@@ -116,10 +115,65 @@ class TorchEncoder:
         return out.float().cpu().numpy()
 
 
+class OnnxEncoder:
+    """An exported SAS-VPReID model (``sasreid export``) run with ONNX Runtime.
+
+    The fingerprint, descriptor size, frames per tracklet and preprocessing come from the model's
+    metadata, so the gallery's fingerprint check covers the ONNX file like the checkpoint it was
+    exported from. On ``cuda`` the CUDA execution provider is required (onnxruntime-gpu).
+    """
+
+    backend: BackendName = "onnx"
+
+    def __init__(self, model_path: str | Path, device: str = "cpu") -> None:
+        import json
+
+        import onnxruntime as ort
+
+        from model.export import read_onnx_metadata
+
+        path = Path(model_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: ONNX model not found (make one with `sasreid export`)")
+        meta = read_onnx_metadata(path)
+        missing = {"fingerprint", "descriptor_dim", "frames", "input_size", "mean", "std"} - set(meta)
+        if missing:
+            raise ValueError(f"{path}: not exported by `sasreid export` (metadata lacks {sorted(missing)})")
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise RuntimeError("device 'cuda' requested but onnxruntime has no CUDA execution provider "
+                                   "(install onnxruntime-gpu: pip install -e '.[gpu]')")
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(path), providers=providers)
+        self.fingerprint: str = meta["fingerprint"]
+        self.dim: int = int(meta["descriptor_dim"])
+        self.device: str = device
+        self.input_size: tuple[int, int] = tuple(json.loads(meta["input_size"]))  # type: ignore[assignment]
+        self.input_spec = InputSpec(
+            size=self.input_size,
+            mean=tuple(json.loads(meta["mean"])),  # type: ignore[arg-type]
+            std=tuple(json.loads(meta["std"])),  # type: ignore[arg-type]
+            eval_frames=int(meta["frames"]),
+        )
+
+    def encode(self, frames: np.ndarray | torch.Tensor) -> np.ndarray:
+        x = np.ascontiguousarray(torch.as_tensor(frames, dtype=torch.float32).numpy())
+        t = self.input_spec.eval_frames
+        if x.ndim != 5 or x.shape[1] != t or x.shape[2] != 3 or tuple(x.shape[3:]) != self.input_size:
+            raise ValueError(
+                f"frames must be [B, {t}, 3, {self.input_size[0]}, {self.input_size[1]}] (T is fixed at export), "
+                f"got {tuple(x.shape)}"
+            )
+        return self.session.run(["descriptor"], {"frames": x})[0].astype(np.float32, copy=False)
+
+
 def make_encoder(settings: Settings) -> Encoder:
-    """The encoder named by ``settings.backend`` for ``settings.checkpoint`` on ``settings.device``."""
+    """The encoder named by ``settings.backend``: the checkpoint (torch) or the ONNX file (onnx)."""
+    if settings.backend == "onnx":
+        if settings.model is None:
+            raise ValueError("the onnx backend needs an exported model: --model model.onnx (SASREID_MODEL)")
+        return OnnxEncoder(settings.model, device=settings.device)
     if settings.checkpoint is None:
         raise ValueError("no checkpoint configured")
-    if settings.backend == "torch":
-        return TorchEncoder(settings.checkpoint, device=settings.device)
-    raise ValueError(f"encoder backend {settings.backend!r} is not available in this build; use 'torch'")
+    return TorchEncoder(settings.checkpoint, device=settings.device)

@@ -169,7 +169,7 @@ def open_runtime(settings: Settings, metrics: ServiceMetrics | None = None) -> R
         raise StartupError(f"cannot load the checkpoint: {exc}") from exc
     except (OSError, RuntimeError, ValueError) as exc:
         raise StartupError(
-            f"cannot create the {settings.backend} encoder for {settings.checkpoint} on {settings.device}: {exc}"
+            f"cannot create the {settings.backend} encoder for {settings.model_source} on {settings.device}: {exc}"
         ) from exc
     url = settings.store_url
     try:
@@ -178,7 +178,7 @@ def open_runtime(settings: Settings, metrics: ServiceMetrics | None = None) -> R
         raise StartupError(f"cannot open the store {redact_url(url)}: {exc}") from exc
     try:
         info = store.info()
-        checkpoint = settings.checkpoint
+        checkpoint = settings.model_source
         if info.fingerprint is not None and info.fingerprint != encoder.fingerprint:
             raise StartupError(
                 f"the store {redact_url(url)} holds descriptors made with checkpoint {info.fingerprint}, "

@@ -21,6 +21,7 @@ _FLAGS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--data-dir",), {"help": "directory of the default SQLite store (SASREID_DATA_DIR, default ./sasreid-data)"}),
     (("--device",), {"choices": ["cpu", "cuda"], "help": "encoder device (SASREID_DEVICE, default cpu)"}),
     (("--backend",), {"choices": ["torch", "onnx"], "help": "encoder backend (SASREID_BACKEND, default torch)"}),
+    (("--model",), {"help": "exported ONNX model for --backend onnx (SASREID_MODEL; make it with `sasreid export`)"}),
     (("--host",), {"help": "bind address (SASREID_HOST, default 127.0.0.1)"}),
     (("--port",), {"type": int, "help": "port (SASREID_PORT, default 8000)"}),
     (("--index",), {"choices": ["flat", "ivf", "hnsw"], "help": "FAISS index kind (SASREID_INDEX, default flat)"}),
@@ -95,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level)
     server = uvicorn.Server(config)
     print(
-        f"sasreid serve: http://{settings.host}:{settings.port} (docs at /docs); checkpoint "
-        f"{settings.checkpoint} [{runtime.encoder.fingerprint}, {runtime.encoder.backend}/{runtime.encoder.device}]; "
+        f"sasreid serve: http://{settings.host}:{settings.port} (docs at /docs); model "
+        f"{settings.model_source} [{runtime.encoder.fingerprint}, {runtime.encoder.backend}/{runtime.encoder.device}]; "
         f"store {runtime.store_url}; index {settings.index}; auth {'on' if settings.auth else 'OFF'}",
         file=sys.stderr,
         flush=True,

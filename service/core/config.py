@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     # ---- model and gallery -------------------------------------------------------------------
     checkpoint: Path | None = Field(None, description="checkpoint directory (config.json + model.safetensors)")
     backend: Backend = Field("torch", description="embedding backend")
+    model: Path | None = Field(None, description="exported ONNX model (sasreid export) for backend onnx")
     device: Device = Field("cpu", description="device the encoder runs on")
     store: str | None = Field(
         None, description="store URL: sqlite:///PATH or redis://HOST:PORT/DB; default an SQLite file in data_dir"
@@ -119,6 +120,11 @@ class Settings(BaseSettings):
     def default_sqlite_path(self) -> Path:
         return self.data_dir / DEFAULT_SQLITE_NAME
 
+    @property
+    def model_source(self) -> Path | None:
+        """What the encoder is loaded from: the ONNX file for backend onnx, else the checkpoint."""
+        return self.model if self.backend == "onnx" else self.checkpoint
+
     def read_key_values(self) -> list[bytes]:
         return [k.get_secret_value().encode() for k in self.read_keys]
 
@@ -127,7 +133,9 @@ class Settings(BaseSettings):
 
     def check_serviceable(self) -> None:
         """Raise ``ConfigError`` for settings a server must not start with."""
-        if self.checkpoint is None:
+        if self.backend == "onnx" and self.model is None:
+            raise ConfigError("backend onnx needs an exported model: pass --model model.onnx or set SASREID_MODEL")
+        if self.backend == "torch" and self.checkpoint is None:
             raise ConfigError("no checkpoint: pass --checkpoint DIR or set SASREID_CHECKPOINT")
         if self.auth and not self.read_keys and not self.write_keys:
             raise ConfigError(
