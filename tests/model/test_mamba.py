@@ -25,7 +25,7 @@ def reference_scan(u, delta, A, B, C, D, z, delta_bias):
     return ys
 
 
-@pytest.mark.parametrize("length,chunk", [(1, 16), (7, 4), (33, 16), (40, 8)])
+@pytest.mark.parametrize("length,chunk", [(1, 16), (7, 4), (33, 16), (40, 8), (100, 32), (64, 64)])
 def test_selective_scan_matches_step_by_step(length, chunk):
     g = torch.Generator().manual_seed(length)
     b, d, n = 2, 5, 4
