@@ -29,14 +29,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline_color_hist import evaluate_color_hist
 
+from model import load_checkpoint
 from model.engine.config import TrainConfig
-from model.engine.evaluate import evaluate_checkpoint
-from model.engine.evaluator import RerankParams
+from model.engine.datasets import EvalCase, load_reid_data
+from model.engine.evaluate import evaluate_checkpoint, evaluate_model, unique_records
+from model.engine.evaluator import ReIDEvaluator, RerankParams
 from model.engine.report import EvalReport, markdown_table
 from model.engine.trainer import Trainer
 
@@ -61,22 +64,63 @@ def loadavg() -> str:
 
 
 def train_and_evaluate(name: str, cfg: TrainConfig, data: Path, run_dir: Path) -> dict[str, Any]:
-    """Train ``cfg`` into ``run_dir`` (replacing it), then evaluate final/ with re-ranking."""
+    """Train ``cfg`` into ``run_dir`` (replacing it), evaluate final/ with re-ranking, and measure
+    how well it retrieves its own training identities (``fit_cases``).
+
+    The descriptor cache lives inside the run folder, so the final evaluation is always cold
+    (its time counts) and the re-ranked evaluation reuses it.
+    """
     if run_dir.exists():
         shutil.rmtree(run_dir)
+    cache = run_dir / "descriptor-cache"
     print(f"== {name}: training {cfg.epochs} epochs into {run_dir}", flush=True)
     start = time.perf_counter()
-    result = Trainer(cfg, data, run_dir).fit()
+    result = Trainer(cfg, data, run_dir, cache_dir=cache).fit()
     total = time.perf_counter() - start
     report = evaluate_checkpoint(data, result.final_checkpoint, rerank=True, frames=cfg.eval_frames,
-                                 batch_size=cfg.eval_batch_size, progress=cfg.progress)
-    return {"name": name, "report": report, "train_seconds": result.train_seconds,
+                                 batch_size=cfg.eval_batch_size, cache_dir=cache, progress=cfg.progress)
+    fit = evaluate_model(load_checkpoint(result.final_checkpoint), fit_cases(data), frames=cfg.eval_frames,
+                         batch_size=cfg.eval_batch_size, progress=cfg.progress)
+    return {"name": name, "report": report, "fit": fit, "train_seconds": result.train_seconds,
             "train_plus_eval_seconds": total, "epochs": cfg.epochs, "run_dir": str(run_dir),
             "config": cfg.to_dict()}
 
 
+def fit_cases(data: Path) -> list[EvalCase]:
+    """Retrieval among the TRAINING identities (a diagnostic of fitting, not the protocol):
+    session-1 aerial -> session-1 ground (same outfit) and session 1 -> session 2 (outfit change)."""
+    train = load_reid_data(data).train
+    s1 = [t for t in train if t.session == 1]
+    s2 = [t for t in train if t.session == 2]
+    if not s1 or not s2:
+        raise SystemExit(f"{data}: the fit diagnostic needs session labels (manifest.csv) in the train split")
+    return [EvalCase("fit_same", "train A->G same session", "", [t for t in s1 if t.platform == "aerial"],
+                     [t for t in s1 if t.platform == "ground"]),
+            EvalCase("fit_cross", "train S1->S2", "", s1, s2)]
+
+
+def chance_report(data: Path, draws: int = 20) -> tuple[EvalReport, float, float]:
+    """One report of random unit descriptors (seed 0) plus the mean unweighted mAP-3 and its std
+    over ``draws`` seeds: the chance level of the protocol on this data."""
+    d = load_reid_data(data)
+    records = unique_records(d.cases)
+    means, first = [], None
+    for seed in range(draws):
+        ev = ReIDEvaluator(d.cases, rerank=RerankParams() if seed == 0 else None)
+        ev.process(np.random.default_rng(seed).normal(size=(len(records), 64)), records)
+        ev.evaluate()
+        assert ev.report is not None
+        first = first or ev.report
+        means.append(ev.report.map3[0])
+    assert first is not None
+    return first, float(np.mean(means)), float(np.std(means))
+
+
 def reference_part(data: Path, out: Path, recipe: TrainConfig) -> list[dict[str, Any]]:
-    rows = [train_and_evaluate("tiny, untrained", recipe.replace(epochs=0), data, out / "untrained")]
+    report, mean, std = chance_report(data)
+    rows: list[dict[str, Any]] = [{"name": "random descriptors (chance)", "report": report,
+                                   "chance_map3_mean": mean, "chance_map3_std": std}]
+    rows.append(train_and_evaluate("tiny, untrained", recipe.replace(epochs=0), data, out / "untrained"))
     print("== HSV colour histogram baseline", flush=True)
     start = time.perf_counter()
     hist = evaluate_color_hist(data, rerank=RerankParams(), progress=recipe.progress)
@@ -102,6 +146,20 @@ def _times(rows: list[dict[str, Any]]) -> str:
     return "; ".join(parts)
 
 
+def fit_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of the training-identity diagnostic (mAP / R1 per diagnostic case)."""
+    rows = [r for r in rows if "fit" in r]
+    if not rows:
+        return ""
+    labels = [c.label for c in rows[0]["fit"].cases]
+    lines = ["| model | " + " | ".join(f"{lb} mAP / R1" for lb in labels) + " |",
+             "|:---|" + "---:|" * len(labels)]
+    for r in rows:
+        cells = [f"{c.plain.mAP:.2f} / {c.plain.cmc_at[1]:.2f}" for c in r["fit"].cases]
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def render_section(results: dict[str, Any]) -> str:
     """The markdown section (header included) from ``results``."""
     lines = [SECTION, ""]
@@ -117,11 +175,17 @@ def render_section(results: dict[str, Any]) -> str:
     if results.get("reference"):
         ref = results["reference"]
         lines += ["", "### Reference rows", "", ref["table"], ""]
+        lines.append(f"Chance level: random descriptors give mAP-3 {ref['chance'][0]:.2f} +- {ref['chance'][1]:.2f} "
+                     "(mean +- std over 20 draws; the row above is draw 0).")
         lines.append(f"Default tiny recipe: `{ref['recipe']}`. Times: {ref['times']}.")
+        lines += ["", f"Diagnostic, not the protocol: retrieval among the {results['train_pids']} TRAINING identities (session-1 aerial "
+                  "-> session-1 ground, same outfit; session 1 -> session 2, outfit changed), to show what the "
+                  "training fits:", "", ref["fit_table"]]
     if results.get("ablation"):
         ab = results["ablation"]
         lines += ["", f"### Ablation (tiny recipe, {ab['epochs']} epochs each, same budget)", "", ab["table"], ""]
         lines.append(f"Times: {ab['times']}.")
+        lines += ["", "Training-identity diagnostic of the same runs:", "", ab["fit_table"]]
     if results.get("notes"):
         lines += ["", results["notes"]]
     return "\n".join(lines).rstrip() + "\n"
@@ -142,8 +206,6 @@ def replace_section(path: Path, section: str) -> None:
 
 
 def data_summary(data: Path) -> str:
-    from model.engine.datasets import load_reid_data
-
     d = load_reid_data(data)
     cases = ", ".join(f"{c.label} {len(c.query)} queries / {len(c.gallery)} gallery" for c in d.cases)
     return f"{len(d.train)} training tracklets of {d.num_train_pids} identities; {cases}"
@@ -169,17 +231,20 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = json.loads(results_file.read_text()) if results_file.exists() else {}
     results.update(command="python bench/ablation.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
                    date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), machine=machine(), load_start=loadavg(),
-                   data=str(args.data), data_summary=data_summary(args.data))
+                   data=str(args.data), data_summary=data_summary(args.data),
+                   train_pids=load_reid_data(args.data).num_train_pids)
     if "reference" in parts:
         rows = reference_part(args.data, args.out, recipe)
         results["reference"] = {"table": markdown_table([(r["name"], r["report"]) for r in rows]),
                                 "times": _times(rows), "recipe": _recipe_text(recipe),
-                                "reports": {r["name"]: _summary(r) for r in rows}}
+                                "chance": [rows[0]["chance_map3_mean"], rows[0]["chance_map3_std"]],
+                                "fit_table": fit_table(rows), "reports": {r["name"]: _summary(r) for r in rows}}
     if "ablation" in parts:
         epochs = args.ablation_epochs if args.ablation_epochs is not None else recipe.epochs
         rows = ablation_part(args.data, args.out, recipe, epochs)
         results["ablation"] = {"epochs": epochs, "table": markdown_table([(r["name"], r["report"]) for r in rows]),
-                               "times": _times(rows), "reports": {r["name"]: _summary(r) for r in rows}}
+                               "times": _times(rows), "fit_table": fit_table(rows),
+                               "reports": {r["name"]: _summary(r) for r in rows}}
     results["load_end"] = loadavg()
     if args.notes:
         results["notes"] = args.notes
@@ -201,8 +266,10 @@ def _recipe_text(cfg: TrainConfig) -> str:
 
 def _summary(row: dict[str, Any]) -> dict[str, Any]:
     report: EvalReport = row["report"]
-    out = {k: v for k, v in row.items() if k not in ("report", "config")}
+    out = {k: v for k, v in row.items() if k not in ("report", "config", "fit")}
     out["metrics"] = report.metrics()
+    if "fit" in row:
+        out["fit_metrics"] = row["fit"].metrics()
     return out
 
 

@@ -129,12 +129,16 @@ class Trainer:
     """Trains one run (see the module docstring); :meth:`fit` does everything."""
 
     def __init__(self, cfg: TrainConfig, data_root: str | Path, run_dir: str | Path,
-                 clip_weights: str | Path | None = None, resume: bool = False) -> None:
+                 clip_weights: str | Path | None = None, resume: bool = False,
+                 cache_dir: str | Path | None = None) -> None:
+        """``cache_dir``: where the final evaluation caches its descriptors (default
+        ``DATA/.sasreid-cache``, shared with ``sasreid evaluate``)."""
         cfg.validate()
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.clip_weights = Path(clip_weights) if clip_weights is not None else None
         self.resume = resume
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.data: ReIDData = load_reid_data(data_root, cfg.layout)
         require_train(self.data)
         if self.clip_weights is not None and not self.clip_weights.is_file():
@@ -297,7 +301,7 @@ class Trainer:
         fingerprint = save_checkpoint(self.model, final, extra=self._extra(cfg.epochs))
         report = None
         if self.data.cases:
-            cache = DescriptorCache(default_cache_dir(self.data.root), fingerprint, self.data.root,
+            cache = DescriptorCache(self.cache_dir or default_cache_dir(self.data.root), fingerprint, self.data.root,
                                     embedding_settings(self.model, cfg.eval_frames))
             report = self.evaluate(cfg.epochs, cache)
             if report is not None:
