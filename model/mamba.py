@@ -29,6 +29,69 @@ def _cuda_selective_scan():
     return _CUDA_SCAN or None
 
 
+def _scan_within(a: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scan along the last axis in place on copies: returns (decay since index 0, state from 0).
+
+    One Python step per position, each on a strided slice covering 1/len of the tensor, so
+    the whole scan moves each element about once (the cost is memory traffic, not FLOPs).
+    """
+    decay, state = a.clone(), x.clone()
+    for j in range(1, x.shape[-1]):
+        state[..., j].addcmul_(a[..., j], state[..., j - 1])
+        decay[..., j].mul_(decay[..., j - 1])
+    return decay, state
+
+
+def _scan_chunks(a: torch.Tensor, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``h_t = a_t h_{t-1} + x_t`` along the last axis with ``h_{-1} = 0``; no autograd.
+
+    Two levels: all chunks of ``chunk`` steps are scanned together (``chunk`` vectorised steps,
+    products of decays only, so nothing overflows), the chunks' end states are chained by the
+    same scan one level up, and each chunk then adds its decayed incoming state.
+    """
+    length = x.shape[-1]
+    if length <= chunk:
+        return _scan_within(a, x)[1]
+    m = -(-length // chunk)
+    pad = m * chunk - length
+    if pad:
+        # Padding with (a=1, x=0) steps leaves the state unchanged.
+        a = torch.cat([a, a.new_ones(*a.shape[:-1], pad)], dim=-1)
+        x = torch.cat([x, x.new_zeros(*x.shape[:-1], pad)], dim=-1)
+    ca, cx = _scan_within(a.unflatten(-1, (m, chunk)), x.unflatten(-1, (m, chunk)))
+    ends = _scan_chunks(ca[..., -1], cx[..., -1], chunk)  # state at the end of each chunk
+    incoming = torch.cat([torch.zeros_like(ends[..., :1]), ends[..., :-1]], dim=-1)
+    H = cx.addcmul_(ca, incoming[..., None]).flatten(-2)
+    return H[..., :length] if pad else H
+
+
+class _LinearRecurrence(torch.autograd.Function):
+    """``H = scan(a, x)`` with the analytic backward, itself a reverse linear recurrence:
+    ``g_t = dL/dH_t + a_{t+1} g_{t+1}``, ``dL/dx_t = g_t``, ``dL/da_t = g_t H_{t-1}``.
+    (Autograd through the scan's slices and concatenations costs ~100x the forward.)"""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, x: torch.Tensor, chunk: int) -> torch.Tensor:  # type: ignore[override]
+        H = _scan_chunks(a, x, chunk)
+        ctx.save_for_backward(a, H)
+        ctx.chunk = chunk
+        return H
+
+    @staticmethod
+    def backward(ctx, grad_h: torch.Tensor):  # type: ignore[override]
+        a, H = ctx.saved_tensors
+        zero = torch.zeros_like(a[..., :1])
+        a_next = torch.cat([a[..., 1:], zero], dim=-1)
+        g = _scan_chunks(a_next.flip(-1), grad_h.flip(-1), ctx.chunk).flip(-1)
+        h_prev = torch.cat([zero, H[..., :-1]], dim=-1)
+        return g * h_prev, g, None
+
+
+def linear_recurrence(a: torch.Tensor, x: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+    """``h_t = a_t h_{t-1} + x_t`` along the last axis (``h_{-1} = 0``), differentiable."""
+    return _LinearRecurrence.apply(a, x, chunk)
+
+
 def selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -39,7 +102,7 @@ def selective_scan(
     z: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = True,
-    chunk: int = 32,
+    chunk: int = 8,
 ) -> torch.Tensor:
     """Selective scan with ``mamba_ssm.selective_scan_fn``'s signature and semantics.
 
@@ -50,11 +113,8 @@ def selective_scan(
         h_t  = a_t * h_{t-1} + x_t,   a_t = exp(dt_t * A),   x_t = dt_t * B_t * u_t
         y_t  = <C_t, h_t> + D * u_t ;  y_t *= silu(z_t)
 
-    The linear recurrence is solved chunk by chunk with a Hillis-Steele scan over the pairs
-    ``(a, x)`` under ``(a1, x1) o (a2, x2) = (a1 a2, a2 x1 + x2)``: log2(chunk) vectorised steps
-    per chunk instead of one Python step per token, and only products of decays in (0, 1], so
-    nothing overflows. The state is carried across chunks. All arithmetic is float32.
-    Returns ``y: [b, d, l]`` in ``u``'s dtype.
+    The recurrence runs in :func:`linear_recurrence` (chunked parallel scan, analytic
+    backward). All arithmetic is float32. Returns ``y: [b, d, l]`` in ``u``'s dtype.
     """
     dtype = u.dtype
     u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))
@@ -62,23 +122,10 @@ def selective_scan(
         delta = delta + delta_bias.float()[None, :, None]
     if delta_softplus:
         delta = F.softplus(delta)
-    b, d, length = u.shape
-    h = u.new_zeros(b, d, A.shape[1])
-    du = delta * u
-    ys = []
-    for start in range(0, length, chunk):
-        stop = min(start + chunk, length)
-        a = torch.exp(delta[:, :, None, start:stop] * A[None, :, :, None])  # [b, d, n, c]
-        x = du[:, :, None, start:stop] * B[:, None, :, start:stop]  # [b, d, n, c]
-        step = 1
-        while step < stop - start:
-            x = torch.cat([x[..., :step], torch.addcmul(x[..., step:], a[..., step:], x[..., :-step])], dim=-1)
-            a = torch.cat([a[..., :step], a[..., step:] * a[..., :-step]], dim=-1)
-            step *= 2
-        H = torch.addcmul(x, a, h[..., None])  # a now holds the decay from the chunk start
-        ys.append(torch.einsum("bdnl,bnl->bdl", H, C[:, :, start:stop]))
-        h = H[..., -1]
-    y = torch.cat(ys, dim=-1)
+    a = torch.exp(delta[:, :, None, :] * A[None, :, :, None])  # [b, d, n, l]
+    x = (delta * u)[:, :, None, :] * B[:, None, :, :]  # [b, d, n, l]
+    H = linear_recurrence(a, x, chunk)
+    y = torch.einsum("bdnl,bnl->bdl", H, C)
     if D is not None:
         y = y + D.float()[None, :, None] * u
     if z is not None:
@@ -101,7 +148,7 @@ class Mamba(nn.Module):
         dt_init_floor: float = 1e-4,
         conv_bias: bool = True,
         bias: bool = False,
-        scan_chunk: int = 32,
+        scan_chunk: int = 8,
         use_cuda_kernels: bool = True,
     ) -> None:
         super().__init__()
