@@ -160,12 +160,16 @@ def fit_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _part_meta(part: dict[str, Any]) -> str:
+    m = part["meta"]
+    return f"Command: `{m['command']}` · date: {m['date']} · load average start / end: {m['load_start']} / {m['load_end']}."
+
+
 def render_section(results: dict[str, Any]) -> str:
     """The markdown section (header included) from ``results``."""
     lines = [SECTION, ""]
-    lines.append(f"Command: `{results['command']}` · date: {results['date']} · machine: {results['machine']}.")
-    lines.append(f"Load average at start / end: {results['load_start']} / {results['load_end']} (the machine is "
-                 "shared with other jobs, so times are upper bounds).")
+    lines.append(f"Machine: {results['machine']}. The machine is shared with other jobs, so times are upper "
+                 "bounds; the load average (1/5/15 min) at the start and end of each part is given.")
     lines.append("")
     lines.append(f"Data: SynthXFD at `{results['data']}` (default build: `sasreid synth --out DIR`): {results['data_summary']}. "
                  "Metrics in %: mAP / rank-1 per case, then mAP-3 as the unweighted mean of the three case mAPs "
@@ -174,7 +178,7 @@ def render_section(results: dict[str, Any]) -> str:
                  "`eval_frames`), cosine distance.")
     if results.get("reference"):
         ref = results["reference"]
-        lines += ["", "### Reference rows", "", ref["table"], ""]
+        lines += ["", "### Reference rows", "", _part_meta(ref), "", ref["table"], ""]
         lines.append(f"Chance level: random descriptors give mAP-3 {ref['chance'][0]:.2f} +- {ref['chance'][1]:.2f} "
                      "(mean +- std over 20 draws; the row above is draw 0).")
         lines.append(f"Default tiny recipe: `{ref['recipe']}`. Times: {ref['times']}.")
@@ -183,7 +187,8 @@ def render_section(results: dict[str, Any]) -> str:
                   "training fits:", "", ref["fit_table"]]
     if results.get("ablation"):
         ab = results["ablation"]
-        lines += ["", f"### Ablation (tiny recipe, {ab['epochs']} epochs each, same budget)", "", ab["table"], ""]
+        lines += ["", f"### Ablation (tiny recipe, {ab['epochs']} epochs each, same budget)", "", _part_meta(ab), "",
+                  ab["table"], ""]
         lines.append(f"Times: {ab['times']}.")
         lines += ["", "Training-identity diagnostic of the same runs:", "", ab["fit_table"]]
     if results.get("notes"):
@@ -213,12 +218,13 @@ def data_summary(data: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="SynthXFD root (default build)")
+    parser.add_argument("--data", type=Path, default=None, help="SynthXFD root (default build)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="run folders and results.json")
     parser.add_argument("--parts", default="reference,ablation", help="comma list: reference, ablation")
     parser.add_argument("--ablation-epochs", type=int, default=None, help="epochs per ablation run (default: recipe)")
     parser.add_argument("--results", type=Path, default=None, help="markdown file whose section to replace")
-    parser.add_argument("--notes", default="", help="free text appended to the section")
+    parser.add_argument("--notes", default=None, help="free text appended to the section (kept in results.json)")
+    parser.add_argument("--render-only", action="store_true", help="only re-render the section from results.json")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
@@ -229,31 +235,51 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results_file = args.out / "results.json"
     results: dict[str, Any] = json.loads(results_file.read_text()) if results_file.exists() else {}
-    results.update(command="python bench/ablation.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), machine=machine(), load_start=loadavg(),
-                   data=str(args.data), data_summary=data_summary(args.data),
+    if args.notes is not None:
+        results["notes"] = args.notes
+    if args.render_only:
+        _save(results_file, results)
+        return _render(results, args.results)
+    if args.data is None:
+        parser.error("--data is required unless --render-only")
+    results.update(machine=machine(), data=str(args.data), data_summary=data_summary(args.data),
                    train_pids=load_reid_data(args.data).num_train_pids)
+    command = "python bench/ablation.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+
+    def meta() -> dict[str, str]:
+        return {"command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_start": loadavg()}
+
     if "reference" in parts:
+        part_meta = meta()
         rows = reference_part(args.data, args.out, recipe)
         results["reference"] = {"table": markdown_table([(r["name"], r["report"]) for r in rows]),
                                 "times": _times(rows), "recipe": _recipe_text(recipe),
                                 "chance": [rows[0]["chance_map3_mean"], rows[0]["chance_map3_std"]],
-                                "fit_table": fit_table(rows), "reports": {r["name"]: _summary(r) for r in rows}}
+                                "fit_table": fit_table(rows), "reports": {r["name"]: _summary(r) for r in rows},
+                                "meta": {**part_meta, "load_end": loadavg()}}
+        _save(results_file, results)
     if "ablation" in parts:
+        part_meta = meta()
         epochs = args.ablation_epochs if args.ablation_epochs is not None else recipe.epochs
         rows = ablation_part(args.data, args.out, recipe, epochs)
         results["ablation"] = {"epochs": epochs, "table": markdown_table([(r["name"], r["report"]) for r in rows]),
                                "times": _times(rows), "fit_table": fit_table(rows),
-                               "reports": {r["name"]: _summary(r) for r in rows}}
-    results["load_end"] = loadavg()
-    if args.notes:
-        results["notes"] = args.notes
-    results_file.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+                               "reports": {r["name"]: _summary(r) for r in rows},
+                               "meta": {**part_meta, "load_end": loadavg()}}
+        _save(results_file, results)
+    return _render(results, args.results)
+
+
+def _save(path: Path, results: dict[str, Any]) -> None:
+    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
+def _render(results: dict[str, Any], markdown: Path | None) -> int:
     section = render_section(results)
     print(section)
-    if args.results is not None:
-        replace_section(args.results, section)
-        print(f"section {SECTION!r} of {args.results} updated")
+    if markdown is not None:
+        replace_section(markdown, section)
+        print(f"section {SECTION!r} of {markdown} updated")
     return 0
 
 

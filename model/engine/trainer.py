@@ -35,7 +35,7 @@ from model.checkpoint import WEIGHTS_FILE, read_checkpoint_config, save_checkpoi
 from model.engine.cache import DescriptorCache
 from model.engine.config import TrainConfig, backbone_lr
 from model.engine.datasets import ReIDData, load_reid_data, require_train
-from model.engine.embedding import seed_worker
+from model.engine.embedding import eval_dataset, seed_worker
 from model.engine.evaluate import default_cache_dir, embedding_settings, evaluate_model
 from model.engine.report import EvalReport
 from model.engine.runlog import RunLog
@@ -104,8 +104,6 @@ def init_memory_from_centroids(model: SASVPReID, loader: TrainLoader, device: to
     even frame sampling, no augmentation)."""
     if model.memory is None:
         return
-    from model.engine.embedding import eval_dataset
-
     ds = eval_dataset(model, loader.dataset.tracklets, loader.dataset.seq_len)
     dl = torch.utils.data.DataLoader(ds, batch_size=32, num_workers=loader.num_workers,
                                      worker_init_fn=seed_worker if loader.num_workers else None,
@@ -113,12 +111,14 @@ def init_memory_from_centroids(model: SASVPReID, loader: TrainLoader, device: to
     was_training = model.training
     model.eval()
     feats, pids = [], []
-    for x, pid, cam, plat, _ in dl:
-        out = model(x.to(device), cam.to(device), plat.to(device))
-        feats.append(out.feats["v"].float().cpu())
-        pids.append(pid)
+    try:
+        for x, pid, cam, plat, _ in dl:
+            out = model(x.to(device), cam.to(device), plat.to(device))
+            feats.append(out.feats["v"].float().cpu())
+            pids.append(pid)
+    finally:
+        model.train(was_training)
     model.memory.init_from_centroids(torch.cat(feats), torch.cat(pids))
-    model.train(was_training)
 
 
 def _mean_terms(sums: dict[str, float], n: int) -> dict[str, float]:
