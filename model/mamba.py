@@ -55,9 +55,10 @@ def _scan_chunks(a: torch.Tensor, x: torch.Tensor, chunk: int) -> torch.Tensor:
     m = -(-length // chunk)
     pad = m * chunk - length
     if pad:
-        # Padding with (a=1, x=0) steps leaves the state unchanged.
-        a = torch.cat([a, a.new_ones(*a.shape[:-1], pad)], dim=-1)
-        x = torch.cat([x, x.new_zeros(*x.shape[:-1], pad)], dim=-1)
+        # Padding with (a=1, x=0) steps leaves the state unchanged. F.pad, not new_ones(shape):
+        # an ONNX trace would bake the batch size into a shape argument.
+        a = F.pad(a, (0, pad), value=1.0)
+        x = F.pad(x, (0, pad), value=0.0)
     ca, cx = _scan_within(a.unflatten(-1, (m, chunk)), x.unflatten(-1, (m, chunk)))
     ends = _scan_chunks(ca[..., -1], cx[..., -1], chunk)  # state at the end of each chunk
     incoming = torch.cat([torch.zeros_like(ends[..., :1]), ends[..., :-1]], dim=-1)
@@ -92,6 +93,28 @@ def linear_recurrence(a: torch.Tensor, x: torch.Tensor, chunk: int = 8) -> torch
     return _LinearRecurrence.apply(a, x, chunk)
 
 
+def closed_form_recurrence(log_a: torch.Tensor, x: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+    """The same recurrence from ``log_a = log(a) <= 0``, in the closed form per chunk:
+    ``h_t = exp(S_t) h_0 + sum_{k<=t} exp(S_t - S_k) x_k`` with ``S`` the cumulative log-decay.
+
+    Only plain tensor ops with shapes taken from the inputs, so an ONNX trace stays valid for
+    any batch size (the eager scan's in-place slice updates do not trace cleanly); used for export.
+    """
+    h = torch.zeros_like(x[..., 0])
+    outs = []
+    length = x.shape[-1]
+    for start in range(0, length, chunk):
+        stop = min(start + chunk, length)
+        S = torch.cumsum(log_a[..., start:stop], dim=-1)  # [..., c]
+        seg = S[..., :, None] - S[..., None, :]  # [..., c(t), c(k)]
+        causal = torch.ones(stop - start, stop - start, dtype=torch.bool, device=x.device).tril()
+        seg = seg.masked_fill(~causal, float("-inf"))
+        H = (seg.exp() @ x[..., start:stop, None]).squeeze(-1) + S.exp() * h[..., None]
+        outs.append(H)
+        h = H[..., -1]
+    return torch.cat(outs, dim=-1)
+
+
 def selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -122,9 +145,12 @@ def selective_scan(
         delta = delta + delta_bias.float()[None, :, None]
     if delta_softplus:
         delta = F.softplus(delta)
-    a = torch.exp(delta[:, :, None, :] * A[None, :, :, None])  # [b, d, n, l]
+    log_a = delta[:, :, None, :] * A[None, :, :, None]  # [b, d, n, l], <= 0
     x = (delta * u)[:, :, None, :] * B[:, None, :, :]  # [b, d, n, l]
-    H = linear_recurrence(a, x, chunk)
+    if torch.onnx.is_in_onnx_export():
+        H = closed_form_recurrence(log_a, x)
+    else:
+        H = linear_recurrence(log_a.exp(), x, chunk)
     y = torch.einsum("bdnl,bnl->bdl", H, C)
     if D is not None:
         y = y + D.float()[None, :, None] * u

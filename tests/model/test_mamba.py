@@ -101,3 +101,12 @@ def test_selective_scan_gradients_match_the_reference():
     reference_scan(*ref).pow(2).sum().backward()
     for mine, theirs in zip(ours, ref):
         torch.testing.assert_close(mine.grad, theirs.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_closed_form_used_for_export_matches_the_scan():
+    from model.mamba import closed_form_recurrence, linear_recurrence
+
+    g = torch.Generator().manual_seed(6)
+    log_a = -torch.rand(2, 3, 4, 45, generator=g, dtype=torch.float64) * 3
+    x = torch.randn(2, 3, 4, 45, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(closed_form_recurrence(log_a, x, chunk=16), linear_recurrence(log_a.exp(), x, 8))
