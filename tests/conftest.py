@@ -22,6 +22,11 @@ from pathlib import Path
 import pytest
 import redis
 
+# torch and faiss each bring an OpenMP pool; on 2 cores, spinning pools made tests 5x slower.
+# Set before any test module imports torch (Makefile exports it too, for direct pytest runs).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 _STARTUP_TIMEOUT_S = 20.0
 
 
