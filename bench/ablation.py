@@ -287,7 +287,7 @@ def _recipe_text(cfg: TrainConfig) -> str:
     return (f"sasreid train --config tiny (epochs {cfg.epochs}, P={cfg.p} x K={cfg.k} x T={cfg.seq_len}, Adam lr "
             f"{cfg.lr_new:g} for all parameters (backbone not pretrained), warm-up {cfg.warmup_iters} it from "
             f"{cfg.warmup_start_lr:g}, x{cfg.gamma:g} at epochs {list(cfg.milestones)}, weight decay "
-            f"{cfg.weight_decay:g}, scan chunk {cfg.scan_chunk})")
+            f"{cfg.weight_decay:g})")
 
 
 def _summary(row: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,6 @@ DetReIDX grammar: ground ``PPPP_S1_G1_NNNNN_F`` (camera 0), aerial
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -84,16 +83,10 @@ def easy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_easy_detreidx(tmp_path_factory.mktemp("easy") / "data")
 
 
-def tiny_model_config(scan_chunk: int = 4) -> ModelConfig:
-    """The tiny preset with a short scan chunk (same results, faster on CPU)."""
-    cfg = ModelConfig.preset("tiny")
-    return dataclasses.replace(cfg, mgtm=dataclasses.replace(cfg.mgtm, scan_chunk=scan_chunk))
-
-
 def write_tiny_checkpoint(path: Path, seed: int) -> Path:
     """An untrained tiny inference checkpoint (weights drawn with ``seed``)."""
     torch.manual_seed(seed)
-    save_checkpoint(build_model(tiny_model_config()), path)
+    save_checkpoint(build_model(ModelConfig.preset("tiny")), path)
     return path
 
 

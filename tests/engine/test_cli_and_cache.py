@@ -14,7 +14,7 @@ from PIL import Image
 from model.engine.evaluate import evaluate_checkpoint
 from service.cli import main
 
-TRAIN_FAST = ["--p", "2", "--k", "2", "--frames", "4", "--scan-chunk", "4", "--eval-frames", "4",
+TRAIN_FAST = ["--p", "2", "--k", "2", "--frames", "4", "--eval-frames", "4",
               "--num-workers", "2", "--no-progress"]
 
 

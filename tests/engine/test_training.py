@@ -18,7 +18,7 @@ from model.engine.trainer import Trainer, TrainingError
 
 
 def tiny_cfg(**kw) -> TrainConfig:
-    base = dict(p=2, k=2, seq_len=4, num_workers=0, scan_chunk=4, eval_frames=4, progress=False, log_every=1)
+    base = dict(p=2, k=2, seq_len=4, num_workers=0, eval_frames=4, progress=False, log_every=1)
     return TrainConfig.recipe("tiny", **{**base, **kw})
 
 
