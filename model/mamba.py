@@ -55,8 +55,7 @@ def _scan_chunks(a: torch.Tensor, x: torch.Tensor, chunk: int) -> torch.Tensor:
     m = -(-length // chunk)
     pad = m * chunk - length
     if pad:
-        # Padding with (a=1, x=0) steps leaves the state unchanged. F.pad, not new_ones(shape):
-        # an ONNX trace would bake the batch size into a shape argument.
+        # Padding with (a=1, x=0) steps leaves the state unchanged.
         a = F.pad(a, (0, pad), value=1.0)
         x = F.pad(x, (0, pad), value=0.0)
     ca, cx = _scan_within(a.unflatten(-1, (m, chunk)), x.unflatten(-1, (m, chunk)))
@@ -93,26 +92,35 @@ def linear_recurrence(a: torch.Tensor, x: torch.Tensor, chunk: int = 8) -> torch
     return _LinearRecurrence.apply(a, x, chunk)
 
 
-def closed_form_recurrence(log_a: torch.Tensor, x: torch.Tensor, chunk: int = 16) -> torch.Tensor:
-    """The same recurrence from ``log_a = log(a) <= 0``, in the closed form per chunk:
-    ``h_t = exp(S_t) h_0 + sum_{k<=t} exp(S_t - S_k) x_k`` with ``S`` the cumulative log-decay.
+def _hillis_steele(a: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inclusive scan of the pairs ``(a, x)`` along the last axis under
+    ``(a1, x1) o (a2, x2) = (a1 a2, a2 x1 + x2)`` in log2(len) out-of-place steps."""
+    step, length = 1, x.shape[-1]
+    while step < length:
+        x = torch.cat([x[..., :step], torch.addcmul(x[..., step:], a[..., step:], x[..., :-step])], dim=-1)
+        a = torch.cat([a[..., :step], a[..., step:] * a[..., :-step]], dim=-1)
+        step *= 2
+    return a, x
 
-    Only plain tensor ops with shapes taken from the inputs, so an ONNX trace stays valid for
-    any batch size (the eager scan's in-place slice updates do not trace cleanly); used for export.
-    """
-    h = torch.zeros_like(x[..., 0])
-    outs = []
+
+def traceable_recurrence(a: torch.Tensor, x: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+    """The same recurrence as :func:`linear_recurrence` in out-of-place ops only, with every
+    shape taken from the inputs, so an ONNX trace stays valid for any batch size (the eager
+    scan's in-place slice updates do not trace cleanly). Same two levels: Hillis-Steele inside
+    chunks, then the chunk end states chained one level up. Used for export."""
     length = x.shape[-1]
-    for start in range(0, length, chunk):
-        stop = min(start + chunk, length)
-        S = torch.cumsum(log_a[..., start:stop], dim=-1)  # [..., c]
-        seg = S[..., :, None] - S[..., None, :]  # [..., c(t), c(k)]
-        causal = torch.ones(stop - start, stop - start, dtype=torch.bool, device=x.device).tril()
-        seg = seg.masked_fill(~causal, float("-inf"))
-        H = (seg.exp() @ x[..., start:stop, None]).squeeze(-1) + S.exp() * h[..., None]
-        outs.append(H)
-        h = H[..., -1]
-    return torch.cat(outs, dim=-1)
+    if length <= chunk:
+        return _hillis_steele(a, x)[1]
+    m = -(-length // chunk)
+    pad = m * chunk - length
+    a = F.pad(a, (0, pad), value=1.0)  # (a=1, x=0) steps leave the state unchanged
+    x = F.pad(x, (0, pad), value=0.0)
+    # reshape with sizes read from the tensor (traced), not unflatten (sizes baked into the graph)
+    shape = (*x.shape[:-1], m, chunk)
+    ca, cx = _hillis_steele(a.reshape(shape), x.reshape(shape))
+    ends = traceable_recurrence(ca[..., -1], cx[..., -1], chunk)
+    incoming = torch.cat([torch.zeros_like(ends[..., :1]), ends[..., :-1]], dim=-1)
+    return torch.addcmul(cx, ca, incoming[..., None]).flatten(-2)[..., :length]
 
 
 def selective_scan(
@@ -148,7 +156,7 @@ def selective_scan(
     log_a = delta[:, :, None, :] * A[None, :, :, None]  # [b, d, n, l], <= 0
     x = (delta * u)[:, :, None, :] * B[:, None, :, :]  # [b, d, n, l]
     if torch.onnx.is_in_onnx_export():
-        H = closed_form_recurrence(log_a, x)
+        H = traceable_recurrence(log_a.exp(), x, chunk)
     else:
         H = linear_recurrence(log_a.exp(), x, chunk)
     y = torch.einsum("bdnl,bnl->bdl", H, C)

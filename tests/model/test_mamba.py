@@ -103,10 +103,11 @@ def test_selective_scan_gradients_match_the_reference():
         torch.testing.assert_close(mine.grad, theirs.grad, atol=1e-6, rtol=1e-5)
 
 
-def test_closed_form_used_for_export_matches_the_scan():
-    from model.mamba import closed_form_recurrence, linear_recurrence
+@pytest.mark.parametrize("length", [1, 7, 16, 45, 300])
+def test_traceable_recurrence_used_for_export_matches_the_scan(length):
+    from model.mamba import linear_recurrence, traceable_recurrence
 
-    g = torch.Generator().manual_seed(6)
-    log_a = -torch.rand(2, 3, 4, 45, generator=g, dtype=torch.float64) * 3
-    x = torch.randn(2, 3, 4, 45, generator=g, dtype=torch.float64)
-    torch.testing.assert_close(closed_form_recurrence(log_a, x, chunk=16), linear_recurrence(log_a.exp(), x, 8))
+    g = torch.Generator().manual_seed(length)
+    a = torch.rand(2, 3, 4, length, generator=g, dtype=torch.float64)
+    x = torch.randn(2, 3, 4, length, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(traceable_recurrence(a, x, chunk=16), linear_recurrence(a, x, 8))
