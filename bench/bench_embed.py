@@ -41,7 +41,7 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench_config(name: str, repeats: int, onnx: bool) -> list[dict]:
+def bench_config(name: str, repeats: int, onnx: bool, batches: tuple[int, ...] = (1, 8)) -> list[dict]:
     torch.manual_seed(0)
     model = build_model(ModelConfig.preset(name)).eval()
     h, w = model.input_size
@@ -61,7 +61,7 @@ def bench_config(name: str, repeats: int, onnx: bool) -> list[dict]:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()
         session = ort.InferenceSession(str(tmp / "m.onnx"), opts, providers=["CPUExecutionProvider"])
-    for batch in (1, 8):
+    for batch in batches:
         x = torch.randn(batch, FRAMES, 3, h, w)
         t_torch = _time(lambda x=x: model.embed(x, autocast=False), repeats)
         row = {"config": name, "batch": batch, "torch_s": t_torch, "torch_tps": batch / t_torch,
@@ -81,12 +81,13 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=["tiny", "vit-b-16"])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-onnx", action="store_true")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     args = ap.parse_args()
-    rows = [r for c in args.configs for r in bench_config(c, args.repeats, not args.no_onnx)]
+    rows = [r for c in args.configs for r in bench_config(c, args.repeats, not args.no_onnx, tuple(args.batches))]
     lines = [
         machine_line(),
-        f"Command: `python bench/bench_embed.py --configs {' '.join(args.configs)} --repeats {args.repeats}`"
-        f"{' --no-onnx' if args.no_onnx else ''} on {time.strftime('%Y-%m-%d')}, torch {torch.__version__}"
+        f"Command: `python bench/bench_embed.py --configs {' '.join(args.configs)} --repeats {args.repeats} "
+        f"--batches {' '.join(map(str, args.batches))}{' --no-onnx' if args.no_onnx else ''}` on {time.strftime('%Y-%m-%d')}, torch {torch.__version__}"
         f" ({torch.get_num_threads()} threads), Python {platform.python_version()}.",
         "One tracklet = 8 frames at the config's input size; random weights; float32; median of "
         f"{args.repeats} runs after a warm-up. `ratio` = torch time / ONNX Runtime time (>1: ORT faster).",

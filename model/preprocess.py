@@ -23,7 +23,8 @@ def image_to_array(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
 
 def to_unit_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 ``[..., H, W, 3]`` -> float32 ``[..., 3, H, W]`` in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).float().div_(255.0).movedim(-1, -3)
+    # np.array copies: arrays that view PIL images are read-only, which torch warns about.
+    return torch.from_numpy(np.array(frames, dtype=np.uint8)).float().div_(255.0).movedim(-1, -3)
 
 
 def normalise(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
