@@ -1,6 +1,8 @@
 """Embedding throughput on this CPU: torch vs ONNX Runtime, batch 1 and 8, same process.
 
-    python bench/bench_embed.py [--configs tiny vit-b-16] [--repeats 5] [--no-onnx]
+    python bench/bench_embed.py [--configs tiny vit-b-16:1] [--repeats 5] [--batches 1 8] [--no-onnx]
+
+A config may name its own batch sizes (``vit-b-16:1`` or ``tiny:1,8``); otherwise ``--batches``.
 
 Weights are random (timing does not depend on their values). For each config: build a model,
 save it as a checkpoint, export it to ONNX, then time ``model.embed`` (torch, float32) and an
@@ -83,7 +85,11 @@ def main() -> None:
     ap.add_argument("--no-onnx", action="store_true")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     args = ap.parse_args()
-    rows = [r for c in args.configs for r in bench_config(c, args.repeats, not args.no_onnx, tuple(args.batches))]
+    rows = []
+    for spec in args.configs:
+        name, _, sizes = spec.partition(":")
+        batches = tuple(int(b) for b in sizes.split(",")) if sizes else tuple(args.batches)
+        rows += bench_config(name, args.repeats, not args.no_onnx, batches)
     lines = [
         machine_line(),
         f"Command: `python bench/bench_embed.py --configs {' '.join(args.configs)} --repeats {args.repeats} "
