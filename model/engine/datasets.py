@@ -16,20 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.data import CASES, DatasetError, Tracklet, load_detreidx, load_mars, load_plain
+from model.data.detreidx import CaseSplit
 
 LAYOUTS: tuple[str, ...] = ("auto", "detreidx", "mars", "plain")
 
-
-@dataclass(frozen=True)
-class EvalCase:
-    """Queries ranked against a gallery; ``label`` is short (``A->G``), ``challenge_name`` is the
-    submission CSV's case string (``Case 1: Aerial to Ground``)."""
-
-    name: str
-    label: str
-    challenge_name: str
-    query: list[Tracklet]
-    gallery: list[Tracklet]
+# Queries ranked against a gallery; ``label`` is short (``A->G``), ``challenge_name`` is the
+# submission CSV's case string (``Case 1: Aerial to Ground``). One record type for every layout:
+# the DetReIDX loader's own.
+EvalCase = CaseSplit
 
 
 @dataclass
@@ -65,7 +59,7 @@ def load_reid_data(root: str | Path, layout: str = "auto", progress: bool = Fals
         layout = detect_layout(root)
     if layout == "detreidx":
         ds = load_detreidx(root, progress=progress)
-        cases = [EvalCase(c.name, c.label, c.challenge_name, c.query, c.gallery) for c in ds.cases.values()]
+        cases = list(ds.cases.values())
         return ReIDData(root, layout, ds.train, ds.num_train_pids, cases)
     if layout == "mars":
         ds = load_mars(root)
