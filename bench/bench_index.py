@@ -32,7 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-SECTION = "## Metrics and re-ranking (CPU)"
+from bench.results import write_section  # noqa: E402
+
+TITLE = "Metrics and re-ranking (CPU)"
 RESULTS = ROOT / "bench" / "RESULTS.md"
 DIM = 768
 NOISE = 2.4  # per-dimension noise std (identity centres and camera offsets: 1.0 and 0.7)
@@ -349,8 +351,6 @@ def machine() -> str:
 
 def render(res: dict, command: str, load: tuple[str, str]) -> str:
     lines = [
-        SECTION,
-        "",
         f"Command: `{command}` · date: {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} · machine: {machine()}.",
         f"Load average at start / end: {load[0]} / {load[1]} (the machine is shared with other jobs, so "
         "times are upper bounds; each time is the best of several runs).",
@@ -440,20 +440,6 @@ def render(res: dict, command: str, load: tuple[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) this script's section of RESULTS.md, leaving other sections untouched."""
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        body = old if old.endswith("\n") else old + "\n"
-        RESULTS.write_text(body + "\n" + text)
-        return
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    tail = "".join(lines[end:])
-    RESULTS.write_text("".join(lines[:start]) + text + ("\n" + tail if tail else ""))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes)")
@@ -478,9 +464,9 @@ def main() -> None:
     }
     load1 = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     text = render(res, command, (load0, load1))
-    write_section(text)
+    write_section(TITLE, text, RESULTS)
     print(text)
-    print(f"wrote {RESULTS.relative_to(ROOT)} ({shlex.quote(SECTION)})")
+    print(f"wrote {RESULTS.relative_to(ROOT)} ({shlex.quote('## ' + TITLE)})")
 
 
 if __name__ == "__main__":
