@@ -3,11 +3,14 @@
 Parts (``--parts``, default both):
 
 - ``reference``: the untrained tiny model, the HSV colour-histogram baseline and the tiny model
-  trained with the default tiny recipe (its training time is recorded), each evaluated with and
-  without k-reciprocal re-ranking;
+  trained with the default tiny recipe once per ``--seeds`` entry (training from scratch varies
+  a lot with the seed; its training time is recorded), each evaluated with and without
+  k-reciprocal re-ranking;
 - ``ablation``: the full model and ``--no-mgtm`` / ``--no-prsd`` / ``--no-memory``, all trained
-  with the tiny recipe at the same budget (``--ablation-epochs``, default: the recipe's epochs)
-  and evaluated the same way.
+  with the tiny recipe (first seed) at the same budget (``--ablation-epochs``, default: the
+  recipe's epochs) and evaluated the same way. A run whose configuration equals a finished run
+  in ``--out`` (the full model = the default recipe) is evaluated again, not retrained: training
+  is deterministic for a given configuration.
 
 Runs go to ``--out`` (one run folder each), the numbers to ``--out/results.json``, and with
 ``--results FILE`` the section ``## Accuracy on SynthXFD`` of that markdown file is replaced (other
@@ -20,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import shutil
 import sys
@@ -30,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline_color_hist import evaluate_color_hist
+from results import machine_line, write_section
 
 from model import load_checkpoint
 from model.engine.config import TrainConfig
@@ -43,20 +44,13 @@ from model.engine.evaluator import ReIDEvaluator, RerankParams
 from model.engine.report import EvalReport, markdown_table
 from model.engine.trainer import Trainer
 
-SECTION = "## Accuracy on SynthXFD"
+SECTION = "Accuracy on SynthXFD"
 ABLATIONS: dict[str, dict[str, bool]] = {
     "full model": {},
     "--no-mgtm": {"mgtm": False},
     "--no-prsd": {"prsd": False},
     "--no-memory": {"memory": False},
 }
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return (f"nproc={os.cpu_count()}, CPU: {cpu}, Python {platform.python_version()}, torch {torch.__version__}, "
-            f"torch threads {torch.get_num_threads()}")
 
 
 def loadavg() -> str:
@@ -84,6 +78,16 @@ def train_and_evaluate(name: str, cfg: TrainConfig, data: Path, run_dir: Path) -
     return {"name": name, "report": report, "fit": fit, "train_seconds": result.train_seconds,
             "train_plus_eval_seconds": total, "epochs": cfg.epochs, "run_dir": str(run_dir),
             "config": cfg.to_dict()}
+
+
+def reuse_or_train(name: str, cfg: TrainConfig, data: Path, run_dir: Path,
+                   finished: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row of a finished run with the same configuration (renamed), else a new training."""
+    for row in finished:
+        if row.get("config") == cfg.to_dict():
+            print(f"== {name}: same configuration as {row['run_dir']}, reusing its run", flush=True)
+            return {**row, "name": name, "reused": row["name"]}
+    return train_and_evaluate(name, cfg, data, run_dir)
 
 
 def fit_cases(data: Path) -> list[EvalCase]:
@@ -116,7 +120,7 @@ def chance_report(data: Path, draws: int = 20) -> tuple[EvalReport, float, float
     return first, float(np.mean(means)), float(np.std(means))
 
 
-def reference_part(data: Path, out: Path, recipe: TrainConfig) -> list[dict[str, Any]]:
+def reference_part(data: Path, out: Path, recipe: TrainConfig, seeds: list[int]) -> list[dict[str, Any]]:
     report, mean, std = chance_report(data)
     rows: list[dict[str, Any]] = [{"name": "random descriptors (chance)", "report": report,
                                    "chance_map3_mean": mean, "chance_map3_std": std}]
@@ -125,22 +129,28 @@ def reference_part(data: Path, out: Path, recipe: TrainConfig) -> list[dict[str,
     start = time.perf_counter()
     hist = evaluate_color_hist(data, rerank=RerankParams(), progress=recipe.progress)
     rows.append({"name": "HSV colour histogram", "report": hist, "seconds": time.perf_counter() - start})
-    rows.append(train_and_evaluate("tiny, trained (default recipe)", recipe, data, out / "tiny_default"))
+    for seed in seeds:
+        rows.append(train_and_evaluate(f"tiny, trained (default recipe, seed {seed})", recipe.replace(seed=seed),
+                                       data, out / f"tiny_default_seed{seed}"))
     return rows
 
 
-def ablation_part(data: Path, out: Path, recipe: TrainConfig, epochs: int) -> list[dict[str, Any]]:
+def ablation_part(data: Path, out: Path, recipe: TrainConfig, epochs: int,
+                  finished: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for name, changes in ABLATIONS.items():
         slug = name.strip("-").replace(" ", "_")
-        rows.append(train_and_evaluate(name, recipe.replace(epochs=epochs, **changes), data, out / f"ablation_{slug}"))
+        cfg = recipe.replace(epochs=epochs, **changes)
+        rows.append(reuse_or_train(name, cfg, data, out / f"ablation_{slug}", finished))
     return rows
 
 
 def _times(rows: list[dict[str, Any]]) -> str:
     parts = []
     for r in rows:
-        if "train_seconds" in r:
+        if "reused" in r:
+            parts.append(f"{r['name']}: the run of \"{r['reused']}\" (same configuration)")
+        elif "train_seconds" in r:
             parts.append(f"{r['name']}: train {r['train_seconds'] / 60:.1f} min, train + final eval + re-ranked "
                          f"eval {r['train_plus_eval_seconds'] / 60:.1f} min")
     return "; ".join(parts)
@@ -166,10 +176,9 @@ def _part_meta(part: dict[str, Any]) -> str:
 
 
 def render_section(results: dict[str, Any]) -> str:
-    """The markdown section (header included) from ``results``."""
-    lines = [SECTION, ""]
-    lines.append(f"Machine: {results['machine']}. The machine is shared with other jobs, so times are upper "
-                 "bounds; the load average (1/5/15 min) at the start and end of each part is given.")
+    """The markdown body of the section from ``results``."""
+    lines = [f"{results['machine']} The machine is shared with other jobs, so times are upper "
+             "bounds; the load average (1/5/15 min) at the start and end of each part is given."]
     lines.append("")
     lines.append(f"Data: SynthXFD at `{results['data']}` (default build: `sasreid synth --out DIR`): {results['data_summary']}. "
                  "Metrics in %: mAP / rank-1 per case, then mAP-3 as the unweighted mean of the three case mAPs "
@@ -181,6 +190,8 @@ def render_section(results: dict[str, Any]) -> str:
         lines += ["", "### Reference rows", "", _part_meta(ref), "", ref["table"], ""]
         lines.append(f"Chance level: random descriptors give mAP-3 {ref['chance'][0]:.2f} +- {ref['chance'][1]:.2f} "
                      "(mean +- std over 20 draws; the row above is draw 0).")
+        if ref.get("seed_spread"):
+            lines.append(ref["seed_spread"])
         lines.append(f"Default tiny recipe: `{ref['recipe']}`. Times: {ref['times']}.")
         lines += ["", f"Diagnostic, not the protocol: retrieval among the {results['train_pids']} TRAINING identities (session-1 aerial "
                   "-> session-1 ground, same outfit; session 1 -> session 2, outfit changed), to show what the "
@@ -196,20 +207,6 @@ def render_section(results: dict[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def replace_section(path: Path, section: str) -> None:
-    """Replace (or append) ``## Accuracy on SynthXFD`` in ``path``; other sections stay untouched."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        tail = "".join(lines[end:])
-        new = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
-    path.write_text(new, encoding="utf-8")
-
-
 def data_summary(data: Path) -> str:
     d = load_reid_data(data)
     cases = ", ".join(f"{c.label} {len(c.query)} queries / {len(c.gallery)} gallery" for c in d.cases)
@@ -221,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=None, help="SynthXFD root (default build)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="run folders and results.json")
     parser.add_argument("--parts", default="reference,ablation", help="comma list: reference, ablation")
+    parser.add_argument("--seeds", default="0", help="comma list of seeds for the trained reference rows (default 0)")
     parser.add_argument("--ablation-epochs", type=int, default=None, help="epochs per ablation run (default: recipe)")
     parser.add_argument("--results", type=Path, default=None, help="markdown file whose section to replace")
     parser.add_argument("--notes", default=None, help="free text appended to the section (kept in results.json)")
@@ -231,7 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = parts - {"reference", "ablation"}
     if unknown:
         parser.error(f"unknown part(s) {sorted(unknown)}")
-    recipe = TrainConfig.recipe("tiny", progress=not args.no_progress)
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"--seeds must be a comma list of integers, got {args.seeds!r}")
+    if not seeds:
+        parser.error("--seeds needs at least one seed")
+    recipe = TrainConfig.recipe("tiny", progress=not args.no_progress, seed=seeds[0])
     args.out.mkdir(parents=True, exist_ok=True)
     results_file = args.out / "results.json"
     results: dict[str, Any] = json.loads(results_file.read_text()) if results_file.exists() else {}
@@ -242,18 +246,21 @@ def main(argv: list[str] | None = None) -> int:
         return _render(results, args.results)
     if args.data is None:
         parser.error("--data is required unless --render-only")
-    results.update(machine=machine(), data=str(args.data), data_summary=data_summary(args.data),
+    results.update(machine=machine_line(), data=str(args.data), data_summary=data_summary(args.data),
                    train_pids=load_reid_data(args.data).num_train_pids)
     command = "python bench/ablation.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
 
     def meta() -> dict[str, str]:
         return {"command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_start": loadavg()}
 
+    finished: list[dict[str, Any]] = []
     if "reference" in parts:
         part_meta = meta()
-        rows = reference_part(args.data, args.out, recipe)
+        rows = reference_part(args.data, args.out, recipe, seeds)
+        finished.extend(r for r in rows if "config" in r)
         results["reference"] = {"table": markdown_table([(r["name"], r["report"]) for r in rows]),
                                 "times": _times(rows), "recipe": _recipe_text(recipe),
+                                "seed_spread": seed_spread([r for r in rows if "default recipe" in r["name"]]),
                                 "chance": [rows[0]["chance_map3_mean"], rows[0]["chance_map3_std"]],
                                 "fit_table": fit_table(rows), "reports": {r["name"]: _summary(r) for r in rows},
                                 "meta": {**part_meta, "load_end": loadavg()}}
@@ -261,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     if "ablation" in parts:
         part_meta = meta()
         epochs = args.ablation_epochs if args.ablation_epochs is not None else recipe.epochs
-        rows = ablation_part(args.data, args.out, recipe, epochs)
+        rows = ablation_part(args.data, args.out, recipe, epochs, finished)
         results["ablation"] = {"epochs": epochs, "table": markdown_table([(r["name"], r["report"]) for r in rows]),
                                "times": _times(rows), "fit_table": fit_table(rows),
                                "reports": {r["name"]: _summary(r) for r in rows},
@@ -275,12 +282,21 @@ def _save(path: Path, results: dict[str, Any]) -> None:
 
 
 def _render(results: dict[str, Any], markdown: Path | None) -> int:
-    section = render_section(results)
-    print(section)
+    body = render_section(results)
+    print(body)
     if markdown is not None:
-        replace_section(markdown, section)
-        print(f"section {SECTION!r} of {markdown} updated")
+        write_section(SECTION, body, markdown)
+        print(f"section '## {SECTION}' of {markdown} updated")
     return 0
+
+
+def seed_spread(rows: list[dict[str, Any]]) -> str:
+    """One sentence on the trained rows' mAP-3 across seeds (empty for a single seed)."""
+    if len(rows) < 2:
+        return ""
+    values = np.array([r["report"].map3[0] for r in rows])
+    return (f"Trained tiny over {len(rows)} seeds: mAP-3 (unweighted, no re-ranking) mean {values.mean():.2f}, "
+            f"min {values.min():.2f}, max {values.max():.2f}.")
 
 
 def _recipe_text(cfg: TrainConfig) -> str:

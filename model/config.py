@@ -169,7 +169,7 @@ def _tiny() -> ModelConfig:
     return ModelConfig(
         backbone=BackboneConfig(name="tiny", image_size=(64, 32), patch_size=8, width=64, layers=2,
                                 heads=4, output_dim=64, quick_gelu=False),
-        mgtm=MGTMConfig(d_state=8),
+        mgtm=MGTMConfig(d_state=4, expand=1),
         prsd=PRSDConfig(regressor_hidden=32, transformer_ff=32),
     )
 

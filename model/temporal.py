@@ -92,20 +92,25 @@ class MGTM(nn.Module):
     def fusion_weights(self) -> torch.Tensor:
         return torch.softmax(self.scale_logits.float(), dim=0)
 
+    def _windows(self, win: torch.Tensor, block: BiMamba) -> torch.Tensor:
+        """Windows ``[n, s, 1 + P, W]`` (each an independent sequence) -> token sums ``[n, W]``."""
+        n, _, _, w = win.shape
+        cls = win[:, :, 0].mean(dim=1)
+        patches = win[:, :, 1:].reshape(n, -1, w)
+        if self.cfg.reorder:
+            patches = reorder_by_relevance(patches, cls)
+        return block(patches).sum(dim=1)
+
     def _granularity(self, tokens: torch.Tensor, length: int, block: BiMamba) -> torch.Tensor:
-        b, t, _, w = tokens.shape
-        outs, counts = [], []
-        for start in range(0, t, length):
-            win = tokens[:, start:start + length]  # [B, s', 1 + P, W]; the full windows could be
-            # batched, but a loop over T / s windows keeps the code one path for any T
-            cls = win[:, :, 0].mean(dim=1)
-            patches = win[:, :, 1:].reshape(b, -1, w)
-            if self.cfg.reorder:
-                patches = reorder_by_relevance(patches, cls)
-            h = block(patches)  # [B, L, W]
-            outs.append(h.sum(dim=1))
-            counts.append(h.shape[1])
-        return torch.stack(outs, 0).sum(0) / float(sum(counts))
+        t, p1, w = tokens.shape[1:]
+        full = t // length
+        # All full windows go through the Mamba as one batch (the scan is sequential in the token
+        # axis only, so this runs the windows side by side); a shorter last window runs alone.
+        total = self._windows(tokens[:, :full * length].reshape(-1, length, p1, w), block)
+        total = total.view(-1, full, w).sum(dim=1)
+        if t % length:
+            total = total + self._windows(tokens[:, full * length:], block)
+        return total / float(t * (p1 - 1))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         lengths = window_lengths(self.cfg, tokens.shape[1])

@@ -10,7 +10,7 @@ from PIL import Image
 
 from model.data import CASES, load_detreidx, parse_frame_name
 from model.data.synth.generate import generate_synth
-from model.data.synth.identity import colour_distance
+from model.data.synth.identity import HAIR_DYED, HAIR_STYLES, colour_distance, sample_identity
 from model.data.synth.plan import SynthConfig, make_plan
 from model.data.synth.render import Capture, render_frame
 from model.data.synth.views import UAV_POINTS, view_by_name
@@ -108,6 +108,26 @@ def test_clothing_redrawn_per_session_identity_kept(small_build: Path) -> None:
     plan = make_plan(SynthConfig(ids=60, seed=1))
     tops = [colour_distance(plan.outfits[(p, 1)].top, plan.outfits[(p, 2)].top) for p in plan.identities]
     assert np.mean(np.array(tops) >= 120) > 0.9, "clothing colour must not be constant per identity"
+
+
+def test_default_build_has_many_training_identities_and_50_test_identities() -> None:
+    default = SynthConfig()
+    assert (default.num_train, default.num_test) == (350, 50)
+    assert SynthConfig(ids=60).num_test == 30, "small builds keep the half/half split"
+    assert SynthConfig(ids=400, test_ids=120).num_test == 120
+
+
+def test_identity_cues_are_varied() -> None:
+    """Across-session matching rests on skin, hair and body: they must differ between people."""
+    people = [sample_identity(pid, np.random.default_rng([0, 1, pid])) for pid in range(1, 401)]
+    styles = {p.hair_style for p in people}
+    assert styles == set(HAIR_STYLES)
+    dyed = np.mean([min(colour_distance(p.hair, c) for c in HAIR_DYED) < 80 for p in people])
+    assert 0.08 < dyed < 0.3
+    builds = np.array([p.build for p in people])
+    assert builds.min() < 0.8 and builds.max() > 1.4
+    skin = np.array([np.mean(p.skin) for p in people])
+    assert skin.max() - skin.min() > 100, "skin tones from light to dark"
 
 
 def _clean_capture(view_name: str, heading: float = np.pi) -> Capture:

@@ -194,8 +194,11 @@ def _hair_parts(ident: Identity, head_c: np.ndarray, head_r: float, shoulder_c: 
     if style == "bald":
         return []
     up_back = np.array([0.0, -0.18 * head_r, 0.22 * head_r])
-    radius = 1.2 * head_r if style == "curly" else 1.0 * head_r
+    radius = {"curly": 1.2, "afro": 1.55}.get(style, 1.0) * head_r
     parts = [Part("sphere", ident.hair, (head_c + up_back)[None, :], radius)]
+    if style == "bun":
+        bun = head_c + np.array([0.0, -0.55 * head_r, 0.95 * head_r])
+        parts.append(Part("sphere", ident.hair, bun[None, :], 0.5 * head_r))
     if style == "long":
         top = head_c + np.array([0.0, -0.45 * head_r, 0.0])
         bottom = shoulder_c + np.array([0.0, -td * 0.45, -0.5 * head_r])

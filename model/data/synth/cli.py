@@ -17,7 +17,7 @@ _PREVIEW_DEFAULT = "synthxfd_preview.png"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="output dataset folder (DetReIDX layout)")
     parser.add_argument("--ids", type=int, default=_DEFAULTS.ids, help="train + test identities (default %(default)s)")
-    parser.add_argument("--test-ids", type=int, default=None, help="test identities (default: half of --ids)")
+    parser.add_argument("--test-ids", type=int, default=None, help="test identities (default: half of --ids, at most 50)")
     parser.add_argument(
         "--tracklets-per-id", type=int, default=_DEFAULTS.tracklets_per_id,
         help="tracklets per identity over both sessions and platforms, >= 4 (default %(default)s)",

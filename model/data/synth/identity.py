@@ -22,12 +22,16 @@ CLOTHING_BASE: tuple[RGB, ...] = (
     (40, 120, 60), (190, 170, 120), (110, 70, 40), (225, 190, 40), (220, 120, 160), (110, 50, 140),
     (230, 120, 30), (70, 100, 140), (0, 140, 140), (150, 160, 60),
 )
-HAIR_BASE: tuple[RGB, ...] = (
+# Natural shades first; the last four are dyed colours, drawn for about one person in six.
+HAIR_NATURAL: tuple[RGB, ...] = (
     (18, 14, 12), (55, 35, 22), (100, 65, 35), (200, 165, 100), (150, 70, 35), (175, 175, 170),
+    (235, 225, 190), (240, 240, 235),
 )
+HAIR_DYED: tuple[RGB, ...] = ((40, 70, 200), (220, 60, 150), (30, 160, 120), (120, 40, 170))
+DYED_HAIR_P = 0.17
 SKIN_LIGHT: RGB = (240, 205, 180)
 SKIN_DARK: RGB = (85, 55, 40)
-HAIR_STYLES: tuple[str, ...] = ("short", "long", "bald", "ponytail", "curly")
+HAIR_STYLES: tuple[str, ...] = ("short", "long", "bald", "ponytail", "curly", "afro", "bun")
 TOP_PATTERNS: tuple[str, ...] = ("solid", "stripes", "two_tone", "split")
 BOTTOM_STYLES: tuple[str, ...] = ("trousers", "trousers", "shorts", "skirt")
 
@@ -100,11 +104,12 @@ def sample_identity(pid: int, rng: np.random.Generator) -> Identity:
     tone = rng.beta(1.6, 1.6)
     skin = _clip_rgb(np.add(np.multiply(SKIN_LIGHT, 1 - tone), np.multiply(SKIN_DARK, tone)) + rng.normal(0, 6, 3))
     style = HAIR_STYLES[int(rng.integers(len(HAIR_STYLES)))]
-    hair = jitter_colour(HAIR_BASE[int(rng.integers(len(HAIR_BASE)))], rng, 10.0)
+    palette = HAIR_DYED if rng.random() < DYED_HAIR_P else HAIR_NATURAL
+    hair = jitter_colour(palette[int(rng.integers(len(palette)))], rng, 10.0)
     return Identity(
         pid=pid,
         height=float(np.clip(rng.normal(1.71, 0.10), 1.48, 1.98)),
-        build=float(rng.uniform(0.78, 1.35)),
+        build=float(rng.uniform(0.72, 1.5)),
         leg_ratio=float(rng.uniform(0.44, 0.53)),
         shoulder_ratio=float(rng.uniform(0.21, 0.27)),
         hip_ratio=float(rng.uniform(0.16, 0.22)),
