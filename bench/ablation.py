@@ -8,9 +8,9 @@ Parts (``--parts``, default both):
   k-reciprocal re-ranking;
 - ``ablation``: the full model and ``--no-mgtm`` / ``--no-prsd`` / ``--no-memory``, all trained
   with the tiny recipe (first seed) at the same budget (``--ablation-epochs``, default: the
-  recipe's epochs) and evaluated the same way. A run whose configuration equals a finished run
-  in ``--out`` (the full model = the default recipe) is evaluated again, not retrained: training
-  is deterministic for a given configuration.
+  recipe's epochs) and evaluated the same way. A run whose configuration equals one trained
+  earlier in the same invocation (the full model = the default recipe's first seed) reuses that
+  run and its numbers instead of training again: training is deterministic for a configuration.
 
 Runs go to ``--out`` (one run folder each), the numbers to ``--out/results.json``, and with
 ``--results FILE`` the section ``## Accuracy on SynthXFD`` of that markdown file is replaced (other
