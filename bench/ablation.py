@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline_color_hist import evaluate_color_hist
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         return _render(results, args.results)
     if args.data is None:
         parser.error("--data is required unless --render-only")
-    results.update(machine=machine_line(), data=str(args.data), data_summary=data_summary(args.data),
+    results.update(machine=machine_line(torch, np), data=str(args.data), data_summary=data_summary(args.data),
                    train_pids=load_reid_data(args.data).num_train_pids)
     command = "python bench/ablation.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
 

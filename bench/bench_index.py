@@ -18,7 +18,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from bench.results import write_section  # noqa: E402
+from bench.results import machine_line, write_section  # noqa: E402
 
 TITLE = "Metrics and re-ranking (CPU)"
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -335,23 +334,12 @@ def run_worker(task: str, **kwargs: object) -> dict:
 # ---- report --------------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
+def render(res: dict, command: str, load: tuple[str, str]) -> str:
     import torch
 
-    return (
-        f"nproc={os.cpu_count()}, CPU: {model}, Python {platform.python_version()}, torch {torch.__version__}, "
-        f"numpy {np.__version__}"
-    )
-
-
-def render(res: dict, command: str, load: tuple[str, str]) -> str:
     lines = [
-        f"Command: `{command}` · date: {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} · machine: {machine()}.",
+        f"Command: `{command}` · date: {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}.",
+        machine_line(torch, np),
         f"Load average at start / end: {load[0]} / {load[1]} (the machine is shared with other jobs, so "
         "times are upper bounds; each time is the best of several runs).",
         "",

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
 import re
 import signal
 import socket
@@ -44,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from bench.results import write_section  # noqa: E402
+from bench.results import machine_line, write_section  # noqa: E402
 from service.client import SasreidClient  # noqa: E402
 
 KEY = "bench-key"
@@ -195,22 +194,6 @@ def mean_batch_size(url: str) -> float:
 
 
 # ---- report --------------------------------------------------------------------------------------
-def machine() -> str:
-    import faiss
-    import torch
-
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"nproc={os.cpu_count()}, CPU: {cpu}, Python {platform.python_version()}, torch {torch.__version__}, "
-            f"faiss {faiss.__version__}, {platform.system()} {platform.release()}")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000", help="gallery sizes, ascending")
@@ -228,6 +211,7 @@ def main() -> int:
     command = "python bench/bench_service.py " + " ".join(sys.argv[1:])
     load_start = os.getloadavg()
 
+    import faiss
     import torch
 
     from model import build_model, save_checkpoint
@@ -345,7 +329,8 @@ def main() -> int:
 
     load_end = os.getloadavg()
     lines += [
-        f"Command: `{command.strip()}` · date: {time.strftime('%Y-%m-%d %H:%M')} · machine: {machine()}.",
+        f"Command: `{command.strip()}` · date: {time.strftime('%Y-%m-%d %H:%M')}.",
+        machine_line(torch, faiss),
         f"Load average at start / end: {' '.join(f'{x:.2f}' for x in load_start)} / "
         f"{' '.join(f'{x:.2f}' for x in load_end)} (shared machine: other jobs ran at the same time, so "
         "latencies are upper bounds).",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
+from types import ModuleType
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -16,16 +17,18 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def machine_line() -> str:
-    """One line naming the machine: cores, CPU model, memory, load, Python."""
+def machine_line(*libraries: ModuleType) -> str:
+    """One line naming the machine: cores, CPU model, memory, load, Python, OS and the versions of
+    ``libraries`` (modules with ``__version__``, e.g. ``torch``)."""
     mem = ""
     meminfo = Path("/proc/meminfo")
     if meminfo.exists():
         kb = int(meminfo.read_text().split()[1])
         mem = f", {kb / 2**20:.0f} GiB RAM"
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    versions = "".join(f", {lib.__name__} {lib.__version__}" for lib in libraries)
     return (f"Machine: {os.cpu_count()} cores, {cpu_model()}{mem}, load average {load} at write time, "
-            f"Python {platform.python_version()}, {platform.system()} {platform.release()}.")
+            f"Python {platform.python_version()}{versions}, {platform.system()} {platform.release()}.")
 
 
 def write_section(title: str, body: str, path: Path = RESULTS) -> None:

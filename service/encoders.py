@@ -63,16 +63,11 @@ class Encoder(Protocol):
         ...
 
 
-def sample_frames(n: int, eval_frames: int) -> np.ndarray:
-    """Indices of the frames a tracklet of ``n`` frames is embedded with (see module docstring)."""
-    return even_indices(n, eval_frames)
-
-
 def prepare_tracklet(images: Sequence[Image.Image], spec: InputSpec) -> np.ndarray:
     """One tracklet's PIL frames (time order) -> float32 ``[T, 3, H, W]`` model input."""
     if len(images) == 0:
         raise ValueError("a tracklet needs at least one frame")
-    picked = [images[i] for i in sample_frames(len(images), spec.eval_frames).tolist()]
+    picked = [images[i] for i in even_indices(len(images), spec.eval_frames).tolist()]
     return images_to_tensor(picked, spec.size, spec.mean, spec.std).numpy()
 
 
