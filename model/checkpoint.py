@@ -21,7 +21,9 @@ from model.config import ModelConfig
 from model.sasreid import SASVPReID, build_model
 
 FORMAT = "sas-vpreid-checkpoint"
-FORMAT_VERSION = 1
+# 2: per-branch descriptor normalisation and weights, PRSD output norm, MGTM residual blocks,
+# ResNet backbones (version-1 weights do not fit these modules).
+FORMAT_VERSION = 2
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -60,6 +62,7 @@ def save_checkpoint(model: SASVPReID, path: str | Path, extra: dict[str, Any] | 
         "format_version": FORMAT_VERSION,
         "fingerprint": fingerprint,
         "descriptor_dim": model.descriptor_dim,
+        "descriptor_layout": [part.to_dict() for part in model.descriptor_layout],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": model.cfg.to_dict(),
         "extra": extra or {},

@@ -17,14 +17,22 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass
 class BackboneConfig:
-    """CLIP ViT visual tower (open_clip ``VisionTransformer``)."""
+    """CLIP visual tower: ``arch="vit"`` (open_clip ``VisionTransformer``, the papers') or
+    ``arch="resnet"`` (open_clip ``ModifiedResNet``, CLIP's RN50 family; see model.backbones.resnet)."""
 
     name: str = "vit-l-14"
+    arch: Literal["vit", "resnet"] = "vit"
     image_size: tuple[int, int] = (252, 126)  # (H, W): 18x9 grid for patch 14
-    patch_size: int = 14
-    width: int = 1024
-    layers: int = 24
-    heads: int = 16
+    patch_size: int = 14  # ViT only
+    width: int = 1024  # ViT: token width; ResNet: stem width (last feature map: 32 * width channels)
+    layers: int = 24  # ViT only
+    heads: int = 16  # ViT attention heads; ResNet: attention-pool heads
+    # -- ResNet only --
+    resnet_layers: tuple[int, ...] = (3, 4, 6, 3)  # blocks per stage (CLIP RN50)
+    last_stride: int = 2  # 1: layer4 keeps stride 16 (the ReID convention)
+    pool: Literal["attention", "avg"] = "attention"  # CLIP's attention pool or a global average
+    token_dim: int | None = None  # width of the tokens given to MGTM; None: the feature map's channels
+    ibn: bool = False  # IBN-a normalisation in layers 1-3
     mlp_ratio: float = 4.0
     output_dim: int = 768  # CLIP projection dim: d of the frame feature f_t
     quick_gelu: bool = True  # OpenAI CLIP weights were trained with QuickGELU
@@ -49,7 +57,11 @@ class MEVBConfig:
     memory: bool = True
     num_proxies: int = 2  # mean proxy + hard proxy
     momentum: float = 0.2  # paper: mu = 0.2 (the public code passes 0.1)
-    temperature: float = 1.0  # paper: tau = 1.0 (the public code uses 0.05)
+    # The memory compares BNNeck'd v_i (the public code) at tau = 0.05. The paper's raw v_i at
+    # tau = 1.0 ("paper" presets) leaves the loss at ln C: raw features of a model early in
+    # training are nearly collinear, and on unit vectors tau = 1 bounds the logits to [-1, 1].
+    memory_input: Literal["bnneck", "raw"] = "bnneck"
+    temperature: float = 0.05
 
 
 @dataclass
@@ -64,6 +76,10 @@ class MGTMConfig:
     train_frames: int = 8
     reorder: bool = True  # sort a window's tokens by cosine relevance to its class token
     fusion: Literal["learned", "mean"] = "learned"  # eq. (9)-(10); "mean" = CLIMB-ReID
+    # "residual": the public code's layer, x + BiMamba(LN x), then x + MLP(LN x), then LN, and a
+    # LN after the fusion. "plain": eq. (8) alone, H = Mamba_f(LN x) + flip(Mamba_b(flip(LN x))).
+    block: Literal["residual", "plain"] = "residual"
+    mlp_ratio: float = 4.0
     d_state: int = 16
     d_conv: int = 4
     expand: int = 2
@@ -82,6 +98,9 @@ class PRSDConfig:
     transformer_heads: int = 2
     transformer_ff: int = 64
     dropout: float = 0.1
+    # The encoder ends in a LayerNorm and a learned per-beta scale initialised here, so the betas
+    # start near the SMPL mean shape (eq. 17 < 1 at initialisation) instead of ||alpha~|| ~ 9.
+    output_scale_init: float = 0.1
     # Optional SMPL model file (.pkl/.npz) for turning betas into body measurements (smplx).
     smpl_model_path: str | None = None
     smpl_gender: Literal["neutral", "male", "female"] = "neutral"
@@ -101,6 +120,27 @@ class LossConfig:
 
 
 @dataclass
+class DescriptorConfig:
+    """How the branches make the served descriptor (paper eq. 20: concat(v_i, h_M, f_S)).
+
+    Each branch is taken after its BNNeck (``bnneck``, as the public code) and, with
+    ``branch_norm``, L2-normalised on its own before it is scaled by its weight, so a branch's
+    share of the final unit descriptor is ``w_k^2 / sum_j w_j^2`` whatever its dimension. Without
+    it (the public code) every BNNeck'd dimension has unit variance and a branch's share is set by
+    its dimension count. A weight of 0 leaves that branch out of the descriptor (it still trains).
+    """
+
+    bnneck: bool = True
+    branch_norm: bool = True
+    v_weight: float = 1.0
+    h_weight: float = 1.0
+    s_weight: float = 1.0
+
+    def weight(self, branch: str) -> float:
+        return float(getattr(self, f"{branch}_weight"))
+
+
+@dataclass
 class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     mevb: MEVBConfig = field(default_factory=MEVBConfig)
@@ -108,8 +148,11 @@ class ModelConfig:
     prsd: PRSDConfig = field(default_factory=PRSDConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     num_classes: int = 0  # training identities; 0 = inference-only (no classifiers, no memory)
-    # Descriptor = concat(v_i, h_M, f_S) after each branch's BNNeck (as the public code), L2-normalised.
-    descriptor_bnneck: bool = True
+    descriptor: DescriptorConfig = field(default_factory=DescriptorConfig)
+    # Gradient from MGTM and PRSD into the backbone: "detach" (the public code: the branches
+    # never fight the backbone), "scale" (multiplied by branch_grad_scale) or "full".
+    branch_grad: Literal["detach", "scale", "full"] = "detach"
+    branch_grad_scale: float = 0.1
     eval_frames: int = 8
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
@@ -131,7 +174,7 @@ class ModelConfig:
     def from_dict(data: dict[str, Any]) -> ModelConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error (they mean another version)."""
         sub = {"backbone": BackboneConfig, "mevb": MEVBConfig, "mgtm": MGTMConfig,
-               "prsd": PRSDConfig, "loss": LossConfig}
+               "prsd": PRSDConfig, "loss": LossConfig, "descriptor": DescriptorConfig}
         kwargs: dict[str, Any] = {}
         known = {f.name for f in dataclasses.fields(ModelConfig)}
         for key, value in data.items():

@@ -17,7 +17,8 @@ class PRSD(nn.Module):
     eq. (11)-(12)  f^g_t = f_t + GRU(f)_t             (residual temporal encoder)
     eq. (13)       alpha_t = R(f^g_t)                 (regressor to SMPL betas)
     eq. (14)       alpha~_t = GRU'(alpha_t, alpha~_{t-1})  (smoothing)
-    eq. (15)       alpha~ = TransformerEncoder(alpha~)  (4 layers)
+    eq. (15)       alpha~ = LN(TransformerEncoder(alpha~))  (4 layers; the LN's gain starts at
+                   ``output_scale_init``, so the betas start near the mean shape)
     eq. (16)       f_S = mean_t alpha~_t
     All recurrences are batch-first, so a tracklet never mixes with the rest of its batch, and
     gradients flow through the whole branch (the public code detaches it).
@@ -40,12 +41,18 @@ class PRSD(nn.Module):
         )
         self.transformer = nn.TransformerEncoder(layer, num_layers=cfg.transformer_layers,
                                                  enable_nested_tensor=False)
+        # A pre-norm encoder has no final norm: its output norm (~9 at initialisation) made eq. 17
+        # start at ~75 and swamp the other losses, and Adam's second moment remembered it.
+        # Its gain starts at output_scale_init (||alpha~||^2 ~ K * output_scale_init^2) and is
+        # learned, so unlike a post-norm encoder's fixed-gain LN the prior can act on it.
+        self.out_norm = nn.LayerNorm(cfg.num_betas)
+        nn.init.constant_(self.out_norm.weight, cfg.output_scale_init)
 
     def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         g, _ = self.encoder(f)
         alpha = self.regressor(f + g)
         smoothed, _ = self.smoother(alpha)
-        betas = self.transformer(smoothed)  # [B, T, num_betas]
+        betas = self.out_norm(self.transformer(smoothed))  # [B, T, num_betas]
         return betas.mean(dim=1), betas
 
 

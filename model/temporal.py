@@ -57,19 +57,34 @@ def reorder_by_relevance(patches: torch.Tensor, cls: torch.Tensor) -> torch.Tens
 
 
 class BiMamba(nn.Module):
-    """Eq. (8): ``H = Mamba_f(x) + flip(Mamba_b(flip(x)))`` with separate parameters, pre-norm."""
+    """Eq. (8): ``H = Mamba_f(x) + flip(Mamba_b(flip(x)))`` with separate parameters, pre-norm.
+
+    ``block="residual"`` wraps it as the public code's Mamba layer:
+    ``y = x + H(LN x)``, ``z = y + MLP(LN y)``, output ``LN z``; ``"plain"`` returns ``H(LN x)``.
+    ``x: [n, L, dim] -> [n, L, dim]``.
+    """
 
     def __init__(self, dim: int, cfg: MGTMConfig) -> None:
         super().__init__()
+        self.residual = cfg.block == "residual"
         self.norm = nn.LayerNorm(dim)
         kw = dict(d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand, scan_chunk=cfg.scan_chunk,
                   use_cuda_kernels=cfg.use_cuda_kernels)
         self.forward_mamba = Mamba(dim, **kw)
         self.backward_mamba = Mamba(dim, **kw)
+        if self.residual:
+            hidden = max(int(dim * cfg.mlp_ratio), 1)
+            self.mlp_norm = nn.LayerNorm(dim)
+            self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+            self.out_norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(x)
-        return self.forward_mamba(x) + self.backward_mamba(x.flip(1)).flip(1)
+        u = self.norm(x)
+        h = self.forward_mamba(u) + self.backward_mamba(u.flip(1)).flip(1)
+        if not self.residual:
+            return h
+        y = x + h
+        return self.out_norm(y + self.mlp(self.mlp_norm(y)))
 
 
 class MGTM(nn.Module):
@@ -78,7 +93,8 @@ class MGTM(nn.Module):
     For each granularity s: frames are cut into consecutive windows of s frames (eq. 7; the last
     window may be shorter), a window's patch tokens (s * P of them, time-major) are reordered by
     relevance to the window's mean class token, run through a bidirectional Mamba, and averaged
-    over all tokens of the tracklet into ``h^(s)``. Eq. (9)-(10): ``h_M = sum_s softmax(a)_s h^(s)``.
+    over all tokens of the tracklet into ``h^(s)``. Eq. (9)-(10): ``h_M = sum_s softmax(a)_s h^(s)``,
+    followed by a LayerNorm with residual blocks (the public code).
     """
 
     def __init__(self, dim: int, cfg: MGTMConfig) -> None:
@@ -86,6 +102,7 @@ class MGTM(nn.Module):
         self.cfg = cfg
         self.blocks = nn.ModuleList(BiMamba(dim, cfg) for _ in cfg.windows)
         self.scale_logits = nn.Parameter(torch.zeros(len(cfg.windows)))  # a_s
+        self.fusion_norm = nn.LayerNorm(dim) if cfg.block == "residual" else nn.Identity()
         if cfg.fusion == "mean":
             self.scale_logits.requires_grad_(False)
 
@@ -116,4 +133,4 @@ class MGTM(nn.Module):
         lengths = window_lengths(self.cfg, tokens.shape[1])
         feats = torch.stack([self._granularity(tokens, s, blk) for s, blk in zip(lengths, self.blocks)], 0)
         w = self.fusion_weights().to(feats.dtype)
-        return torch.einsum("s,sbw->bw", w, feats)
+        return self.fusion_norm(torch.einsum("s,sbw->bw", w, feats))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from model.backbone import CLIPBackbone, interpolate_pos_embed
+from model.backbones import Backbone
 
 
 class WeightsError(ValueError):
@@ -67,12 +67,10 @@ def visual_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-def load_clip_weights(backbone: CLIPBackbone, path: str | Path) -> None:
-    """Load pretrained CLIP visual weights into ``backbone`` (positional embedding resized)."""
-    state = visual_state_dict(read_state_dict(path))
+def load_clip_weights(backbone: Backbone, path: str | Path) -> None:
+    """Load pretrained CLIP visual weights into ``backbone`` (positional embeddings resized)."""
+    state = backbone.adapt_pretrained(visual_state_dict(read_state_dict(path)))
     own = backbone.visual.state_dict()
-    if "positional_embedding" in state:
-        state["positional_embedding"] = interpolate_pos_embed(state["positional_embedding"], backbone.cfg.grid)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing:

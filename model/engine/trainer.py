@@ -49,7 +49,7 @@ from model.engine.state import (
     set_rng_states,
 )
 from model.engine.train_loader import TrainLoader, build_train_loader
-from model.sasreid import SASVPReID, build_model
+from model.sasreid import SASVPReID, build_model, decays
 
 CONFIG_FILE = "train_config.json"
 LOG_FILE = "log.jsonl"
@@ -76,20 +76,23 @@ def seed_everything(seed: int) -> None:
 
 
 def build_optimizer(model: SASVPReID, cfg: TrainConfig, pretrained: bool) -> tuple[torch.optim.Adam, list[str]]:
-    """Adam with two groups: the CLIP tower (``backbone_lr``) and the new modules (``lr_new``).
+    """Adam with the CLIP tower at ``backbone_lr`` and the new modules at ``lr_new``, each split
+    into parameters with and without weight decay (``model.sasreid.decays``).
 
-    Returns the optimizer and its group names (empty groups, e.g. a frozen tower, are left out).
+    Returns the optimizer and its group names (``new``, ``new/no_decay``, ...; empty groups, e.g.
+    a frozen tower, are left out).
     """
-    groups = model.parameter_groups()
     lrs = {"pretrained": backbone_lr(cfg, pretrained), "new": cfg.lr_new}
     param_groups, names = [], []
-    for name in ("pretrained", "new"):
-        if groups[name]:
-            param_groups.append({"params": groups[name], "lr": lrs[name], "name": name})
-            names.append(name)
+    for part, named in model.parameter_groups().items():
+        for suffix, wd, keep in (("", cfg.weight_decay, True), ("/no_decay", 0.0, False)):
+            params = [p for n, p in named if decays(n, p) == keep]
+            if params:
+                param_groups.append({"params": params, "lr": lrs[part], "weight_decay": wd, "name": part + suffix})
+                names.append(part + suffix)
     if not param_groups:
         raise TrainingError("the model has no trainable parameters")
-    return torch.optim.Adam(param_groups, lr=cfg.lr_new, weight_decay=cfg.weight_decay), names
+    return torch.optim.Adam(param_groups, lr=cfg.lr_new), names
 
 
 def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:

@@ -132,7 +132,7 @@ def test_selective_fine_tuning_freezes_earlier_blocks():
         if n.replace("backbone.", "", 1) in frozen:
             assert torch.equal(p, before[n]), f"{n} is frozen but changed"
     groups = model.parameter_groups()
-    assert all(p.requires_grad for g in groups.values() for p in g)
+    assert all(p.requires_grad for g in groups.values() for _, p in g)
     assert len(groups["pretrained"]) > 0 and len(groups["new"]) > 0
 
 

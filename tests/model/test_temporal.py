@@ -24,7 +24,7 @@ def reference_mgtm(mgtm: MGTM, tokens: torch.Tensor) -> torch.Tensor:
             total, count = total + h.sum(dim=1), count + h.shape[1]
         per_scale.append(total / count)
     weights = torch.softmax(mgtm.scale_logits, dim=0)
-    return sum(wt * h for wt, h in zip(weights, per_scale))
+    return mgtm.fusion_norm(sum(wt * h for wt, h in zip(weights, per_scale)))
 
 
 @pytest.mark.parametrize("frames", [8, 6, 3, 1])

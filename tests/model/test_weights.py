@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from model import ModelConfig, build_model
-from model.backbone import interpolate_pos_embed
+from model.backbones import interpolate_pos_embed
 from model.weights import WeightsError
 
 
