@@ -108,9 +108,12 @@ class VideoDataset(Dataset):
             if not failed:
                 return torch.stack([loaded[i] for i in idx.tolist()])
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int, int]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int, int, int, int]:
+        """``item``: a tracklet index, or ``(index, draw)`` where ``draw`` numbers the repeats of
+        one tracklet in a batch, so each repeat gets its own frames and augmentation."""
+        index, draw = item if isinstance(item, tuple) else (item, 0)
         tracklet = self.tracklets[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = np.random.default_rng([self.seed, self.epoch, index] + ([draw] if draw else []))
         frames = self._load_frames(tracklet, rng)
         if self.train_augment is not None:
             frames = self.train_augment(frames, rng)

@@ -68,6 +68,10 @@ class TrainConfig:
     memory_init: MemoryInit = "online"  # "centroids": proxies = class centroids at each epoch start
     memory_momentum: float | None = None  # None: the model config's (paper mu = 0.2)
     memory_temperature: float | None = None  # None: the model config's (paper tau = 1.0)
+    memory_input: Literal["bnneck", "raw"] | None = None  # None: the model config's
+    branch_grad: Literal["detach", "scale", "full"] | None = None  # None: the model config's
+    branch_grad_scale: float | None = None
+    descriptor_weights: tuple[float, float, float] | None = None  # (v_i, h_M, f_S); None: model's
     trainable_blocks: int | Literal["all"] = "all"
     temporal_pool: Literal["mean", "attention"] = "mean"
     side_info: Literal["none", "camera", "platform", "both"] = "none"
@@ -124,6 +128,9 @@ class TrainConfig:
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
             (self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}"),
             (self.memory_init in ("online", "centroids"), f"memory_init must be online|centroids, got {self.memory_init!r}"),
+            (self.descriptor_weights is None or (len(self.descriptor_weights) == 3 and min(self.descriptor_weights) >= 0
+                                                 and max(self.descriptor_weights) > 0),
+             f"descriptor_weights must be three weights >= 0 (v_i, h_M, f_S), not all 0, got {self.descriptor_weights}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -137,8 +144,9 @@ class TrainConfig:
             cfg.mevb,
             memory=self.memory,
             temporal_pool=self.temporal_pool,
-            momentum=cfg.mevb.momentum if self.memory_momentum is None else self.memory_momentum,
-            temperature=cfg.mevb.temperature if self.memory_temperature is None else self.memory_temperature,
+            momentum=_given(self.memory_momentum, cfg.mevb.momentum),
+            temperature=_given(self.memory_temperature, cfg.mevb.temperature),
+            memory_input=_given(self.memory_input, cfg.mevb.memory_input),
         )
         mgtm = dataclasses.replace(
             cfg.mgtm,
@@ -153,9 +161,14 @@ class TrainConfig:
             grad_checkpointing=self.grad_checkpointing,
         )
         prsd = dataclasses.replace(cfg.prsd, enabled=self.prsd)
-        eval_frames = cfg.eval_frames if self.eval_frames is None else self.eval_frames
-        return dataclasses.replace(cfg, mevb=mevb, mgtm=mgtm, backbone=backbone, prsd=prsd,
-                                   eval_frames=eval_frames)
+        descriptor = cfg.descriptor
+        if self.descriptor_weights is not None:
+            v, h, s = self.descriptor_weights
+            descriptor = dataclasses.replace(descriptor, v_weight=v, h_weight=h, s_weight=s)
+        return dataclasses.replace(cfg, mevb=mevb, mgtm=mgtm, backbone=backbone, prsd=prsd, descriptor=descriptor,
+                                   eval_frames=_given(self.eval_frames, cfg.eval_frames),
+                                   branch_grad=_given(self.branch_grad, cfg.branch_grad),
+                                   branch_grad_scale=_given(self.branch_grad_scale, cfg.branch_grad_scale))
 
     # -- serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -181,6 +194,11 @@ class TrainConfig:
             return TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: unreadable training config ({exc})") from exc
+
+
+def _given(value: Any, default: Any) -> Any:
+    """A run's explicit setting, or the model config's own when the run leaves it unset (None)."""
+    return default if value is None else value
 
 
 def backbone_lr(cfg: TrainConfig, pretrained: bool) -> float:

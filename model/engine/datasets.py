@@ -101,3 +101,37 @@ def tracklet_key(t: Tracklet) -> str:
     split = t.metadata.get("split", "")
     pid = t.metadata.get("original_pid", t.pid)
     return f"{split}/{pid}/{t.tracklet_id}"
+
+
+@dataclass(frozen=True)
+class SplitSummary:
+    """Counts a user checks before a long run: what the trainer will actually see."""
+
+    identities: int
+    tracklets: int
+    frames: int
+    single_frame_tracklets: int
+
+    @property
+    def single_frame_share(self) -> float:
+        return self.single_frame_tracklets / self.tracklets if self.tracklets else 0.0
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"identities": self.identities, "tracklets": self.tracklets, "frames": self.frames,
+                "single_frame_tracklets": self.single_frame_tracklets,
+                "single_frame_share": round(self.single_frame_share, 4)}
+
+    def describe(self) -> str:
+        return (f"{self.identities:,} identities, {self.tracklets:,} tracklets, {self.frames:,} frames "
+                f"({self.frames / max(self.tracklets, 1):.1f} per tracklet; "
+                f"{100 * self.single_frame_share:.0f}% of tracklets are a single frame)")
+
+
+def summarize(tracklets: list[Tracklet]) -> SplitSummary:
+    """Identity, tracklet and frame counts of ``tracklets``."""
+    return SplitSummary(
+        identities=len({t.metadata.get("original_pid", t.pid) for t in tracklets}),
+        tracklets=len(tracklets),
+        frames=sum(t.num_frames for t in tracklets),
+        single_frame_tracklets=sum(t.num_frames == 1 for t in tracklets),
+    )

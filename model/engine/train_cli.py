@@ -41,6 +41,16 @@ def _milestones(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated epochs like 10,20,30, got {text!r}") from None
 
 
+def _weights(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers like 1,1,0.5, got {text!r}") from None
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three weights (v_i, h_M, f_S), got {text!r}")
+    return values  # type: ignore[return-value]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     r = TrainConfig()  # the paper's recipe, for help texts
     a = parser.add_argument
@@ -79,7 +89,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="proxies set at first sight and updated by momentum (online, paper) or reset to class "
                         "centroids each epoch (centroids, public code)")
     m.add_argument("--memory-momentum", type=float, default=None, help="proxy momentum mu (paper 0.2)")
-    m.add_argument("--memory-temperature", type=float, default=None, help="memory temperature tau (paper 1.0)")
+    m.add_argument("--memory-temperature", type=float, default=None,
+                   help="memory temperature tau (default 0.05 as the public code; paper 1.0)")
+    m.add_argument("--memory-input", choices=("bnneck", "raw"), default=None,
+                   help="features the memory compares: BNNeck'd v_i (default, public code) or raw v_i (paper)")
+    m.add_argument("--branch-grad", choices=("detach", "scale", "full"), default=None,
+                   help="gradient from MGTM/PRSD into the backbone: none (detach, default, public code), "
+                        "x --branch-grad-scale (scale) or all (full, paper)")
+    m.add_argument("--branch-grad-scale", type=float, default=None, help="factor for --branch-grad scale")
+    m.add_argument("--descriptor-weights", type=_weights, default=None,
+                   help="weights of v_i,h_M,f_S in the descriptor, e.g. 1,0.5,0 (0 leaves a branch out)")
     m.add_argument("--trainable-blocks", type=_blocks, default=None, help="train only the last N ViT blocks, or all")
     m.add_argument("--temporal-pool", choices=("mean", "attention"), default=None, help="v_i pooling")
     m.add_argument("--side-info", choices=("none", "camera", "platform", "both"), default=None,

@@ -3,11 +3,12 @@ tracklet-consistent augmentation, reproducible per (seed, epoch) for exact resum
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from model.config import ModelConfig
 from model.data import Tracklet
@@ -16,6 +17,28 @@ from model.data.sampler import IdentityBalancedSampler
 from model.data.video import VideoDataset
 from model.engine.config import TrainConfig
 from model.engine.embedding import seed_worker
+
+
+class NumberedRepeats(Sampler[list[tuple[int, int]]]):
+    """Batches of ``sampler`` as ``(index, draw)`` pairs, ``draw`` = earlier occurrences of the
+    index in its batch: an identity with fewer than K tracklets repeats one, and without the
+    number every repeat would load the same frames with the same augmentation (an identical
+    positive pair teaches nothing)."""
+
+    def __init__(self, sampler: IdentityBalancedSampler) -> None:
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self.sampler:
+            seen: Counter[int] = Counter()
+            numbered = []
+            for index in batch:
+                numbered.append((index, seen[index]))
+                seen[index] += 1
+            yield numbered
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 @dataclass
@@ -34,7 +57,7 @@ class TrainLoader:
         self.dataset.set_epoch(epoch)
         self.sampler.set_epoch(epoch)
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=self.num_workers,
+        return DataLoader(self.dataset, batch_sampler=NumberedRepeats(self.sampler), num_workers=self.num_workers,
                           pin_memory=self.pin_memory, worker_init_fn=seed_worker if self.num_workers else None,
                           generator=generator)
 

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from model.checkpoint import WEIGHTS_FILE, read_checkpoint_config, save_checkpoint
 from model.engine.cache import DescriptorCache
 from model.engine.config import TrainConfig, backbone_lr
-from model.engine.datasets import ReIDData, load_reid_data, require_train
+from model.engine.datasets import ReIDData, load_reid_data, require_train, summarize
 from model.engine.embedding import eval_dataset, seed_worker
 from model.engine.evaluate import default_cache_dir, embedding_settings, evaluate_model
 from model.engine.report import EvalReport
@@ -54,6 +54,7 @@ from model.sasreid import SASVPReID, build_model, decays
 CONFIG_FILE = "train_config.json"
 LOG_FILE = "log.jsonl"
 FINAL_DIR = "final"
+ESTIMATE_AFTER = 20  # iterations timed before the run's remaining time is printed
 
 
 class TrainingError(RuntimeError):
@@ -260,6 +261,11 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v
             n += 1
             self.global_iter += 1
+            if cfg.progress and it + 1 == ESTIMATE_AFTER and epoch == self.start_epoch:
+                per_it = (time.perf_counter() - start) / ESTIMATE_AFTER
+                left = per_it * (len(loader) * (cfg.epochs - epoch) - ESTIMATE_AFTER)
+                tqdm.write(f"{per_it:.2f} s per iteration ({per_it / (cfg.p * cfg.k) * 1000:.0f} ms per tracklet): "
+                           f"about {left / 60:.0f} min of training left", file=sys.stderr)
             bar.set_postfix({k: f"{v:.3f}" for k, v in values.items()}, refresh=False)
             bar.update()
             if it % cfg.log_every == 0:
@@ -283,9 +289,19 @@ class Trainer:
         if self.resume:
             self._restore()
         cfg.save(self.run_dir / CONFIG_FILE)
+        summary = summarize(self.data.train)
+        if cfg.progress:
+            print(f"train split of {self.data.root}: {summary.describe()}", file=sys.stderr)
+            for case in self.data.cases:
+                print(f"  test case {case.label}: {len(case.query)} query / {len(case.gallery)} gallery tracklets",
+                      file=sys.stderr)
+            print(f"  {len(self.loader)} iterations per epoch of P={cfg.p} x K={cfg.k} tracklets x T={cfg.seq_len} "
+                  f"frames, {cfg.epochs} epochs", file=sys.stderr)
         if self.start_epoch == 0:
             self.log.write(
                 "start", config=cfg.to_dict(), data_root=str(self.data.root), layout=self.data.layout,
+                train=summary.to_dict(),
+                cases={c.label: {"query": len(c.query), "gallery": len(c.gallery)} for c in self.data.cases},
                 num_train_tracklets=len(self.data.train), num_train_pids=self.data.num_train_pids,
                 iters_per_epoch=len(self.loader.epoch(0)), device=str(self.device), pretrained_backbone=self.pretrained,
                 base_lr=dict(zip(self.group_names, self.schedule.base_lrs)),

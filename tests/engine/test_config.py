@@ -23,14 +23,20 @@ def test_paper_recipe_defaults():
     assert (cfg.flip_p, cfg.erase_p, cfg.hue_p, cfg.hue_max) == (0.5, 0.5, 0.5, 0.3)
     m = cfg.model_config(num_classes=7)
     assert m.num_classes == 7 and m.mgtm.enabled and m.prsd.enabled and m.mevb.memory
-    assert (m.mevb.momentum, m.mevb.temperature) == (0.2, 1.0)
+    assert (m.mevb.momentum, m.mevb.temperature, m.mevb.memory_input) == (0.2, 0.05, "bnneck")
+    paper = TrainConfig.recipe("vit-l-14-paper").model_config(num_classes=7)
+    assert (paper.mevb.momentum, paper.mevb.temperature, paper.mevb.memory_input) == (0.2, 1.0, "raw")
+    assert paper.branch_grad == "full" and not paper.descriptor.branch_norm and paper.mgtm.block == "plain"
 
 
 def test_ablation_switches_reach_the_model_config():
     m = TrainConfig.recipe("tiny", mgtm=False, prsd=False, memory=False, temporal_pool="attention",
-                           trainable_blocks=1, memory_temperature=0.05).model_config(3)
+                           trainable_blocks=1, memory_temperature=0.5, memory_input="raw", branch_grad="scale",
+                           branch_grad_scale=0.3, descriptor_weights=(1.0, 0.5, 0.0)).model_config(3)
     assert not m.mgtm.enabled and not m.prsd.enabled and not m.mevb.memory
-    assert m.mevb.temperature == 0.05 and m.mevb.temporal_pool == "attention" and m.backbone.trainable_blocks == 1
+    assert m.mevb.memory_input == "raw" and (m.branch_grad, m.branch_grad_scale) == ("scale", 0.3)
+    assert (m.descriptor.v_weight, m.descriptor.h_weight, m.descriptor.s_weight) == (1.0, 0.5, 0.0)
+    assert m.mevb.temperature == 0.5 and m.mevb.temporal_pool == "attention" and m.backbone.trainable_blocks == 1
     with pytest.raises(ValueError, match="unknown training config"):
         TrainConfig.recipe("tiny", lr=1.0)
     with pytest.raises(ValueError, match="K \\(tracklets per identity\\)"):
@@ -56,13 +62,13 @@ def test_optimizer_groups_and_backbone_lr_rule():
     model = build_model(TrainConfig.recipe("vit-l-14").model_config(10), device="meta")
     cfg = TrainConfig.recipe("vit-l-14")
     opt, names = build_optimizer(model, cfg, pretrained=True)
-    assert names == ["pretrained", "new"]
-    assert [g["lr"] for g in opt.param_groups] == [5e-6, 3.5e-4]
-    assert opt.param_groups[0]["weight_decay"] == cfg.weight_decay
+    assert names == ["pretrained", "pretrained/no_decay", "new", "new/no_decay"]
+    assert [g["lr"] for g in opt.param_groups] == [5e-6, 5e-6, 3.5e-4, 3.5e-4]
+    assert [g["weight_decay"] for g in opt.param_groups] == [cfg.weight_decay, 0.0, cfg.weight_decay, 0.0]
     # Without pretrained weights the backbone is random and trains at the new-module rate.
     assert backbone_lr(cfg, pretrained=False) == 3.5e-4
     opt, _ = build_optimizer(model, cfg, pretrained=False)
-    assert [g["lr"] for g in opt.param_groups] == [3.5e-4, 3.5e-4]
+    assert [g["lr"] for g in opt.param_groups] == [3.5e-4] * 4
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -85,3 +85,21 @@ def test_eval_dataset_samples_evenly(tmp_path: Path):
     for i, t in enumerate(tracklets):
         frames = ds[i][0][None]
         assert decode_indices(frames, model.cfg)[0].tolist() == even_indices(t.num_frames, 8).tolist()
+
+
+def test_a_tracklet_repeated_in_a_batch_gets_its_own_frames_and_augmentation(tmp_path: Path):
+    """An identity with one tracklet fills its K slots with that tracklet; each copy must be a
+    different sample (frames and augmentation), else the positive pair is the same tensor."""
+    tracklets = coded_tracklets(tmp_path, ids=4, per_id=1, lengths=[30])
+    cfg = TrainConfig.recipe("tiny", p=2, k=3, seq_len=4, flip_p=0.5, erase_p=0.5, hue_p=0.0, num_workers=0)
+    loader = build_train_loader(tracklets, cfg, cfg.model_config(num_classes=4))
+    batches = list(loader.epoch(0))
+    assert batches
+    for frames, _pids, _cam, _plat, index in batches:
+        for g in range(2):
+            rows = index[g * 3:(g + 1) * 3]
+            assert len(set(rows.tolist())) == 1  # one tracklet, three times
+            copies = frames[g * 3:(g + 1) * 3]
+            assert not torch.equal(copies[0], copies[1]) and not torch.equal(copies[1], copies[2])
+    again = list(loader.epoch(0))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again))  # still reproducible

@@ -45,6 +45,13 @@ def test_short_run_learns_and_writes_checkpoints(easy_root: Path, tmp_path: Path
     assert len(steps) == sum(r["iters"] for r in epochs) >= 16  # log_every=1: every iteration
     assert all(math.isfinite(v) for r in steps for v in r["loss"].values())
     assert set(steps[0]["loss"]) == {"triplet", "id", "memory", "shape_prior", "total"}
+    # The shape prior starts near the mean shape and does not swamp the first steps.
+    assert steps[0]["loss"]["shape_prior"] < 2.0
+    start = log[0]
+    assert start["train"] == {"identities": 4, "tracklets": 16, "frames": sum(
+        len(list(t.iterdir())) for p in (easy_root / "train").iterdir() for t in p.iterdir()),
+        "single_frame_tracklets": 0, "single_frame_share": 0.0}
+    assert set(start["cases"]) == {"A->G", "G->A", "A->A"}
     # Warm-up: the lr rises over the first iterations.
     assert steps[0]["lr"]["new"] < steps[5]["lr"]["new"]
     assert [r["epoch"] for r in epochs] == [1, 2, 3, 4]
