@@ -1,7 +1,9 @@
 """Typed model configuration with the papers' defaults, and the named presets.
 
-Presets: ``vit-l-14`` (served model, 252x126 input), ``vit-b-16`` (256x128) and ``tiny`` (a few
-layers of small width at 64x32; for tests and CPU demos). Every field has a default from
+Presets: ``vit-l-14`` (served model, 252x126 input), ``vit-b-16`` (256x128), their ``-paper``
+variants (the papers' exact settings where our defaults deviate), ``small`` (a CLIP ModifiedResNet
+at 128x64 trained from scratch: the CPU preset for real images) and ``tiny`` (a two-layer ViT at
+64x32; for tests and quick demos). Every field has a default from
 SAS-VPReID (paper 1) unless marked as a paper-2 option or an implementation choice.
 """
 
@@ -32,7 +34,10 @@ class BackboneConfig:
     last_stride: int = 2  # 1: layer4 keeps stride 16 (the ReID convention)
     pool: Literal["attention", "avg"] = "attention"  # CLIP's attention pool or a global average
     token_dim: int | None = None  # width of the tokens given to MGTM; None: the feature map's channels
+    token_grid: tuple[int, int] | None = None  # feature map average-pooled to (h, w) cells for MGTM
     ibn: bool = False  # IBN-a normalisation in layers 1-3
+    parts: int = 0  # horizontal stripes average-pooled beside the global feature (PCB-style); 0 = none
+    part_dim: int | None = None  # each stripe projected to this size; None: the feature map's channels
     mlp_ratio: float = 4.0
     output_dim: int = 768  # CLIP projection dim: d of the frame feature f_t
     quick_gelu: bool = True  # OpenAI CLIP weights were trained with QuickGELU
@@ -93,6 +98,9 @@ class PRSDConfig:
 
     enabled: bool = True
     num_betas: int = 10
+    # Width of the temporal encoder (eq. 11-12). None: the frame feature's (paper); a smaller
+    # width adds a linear projection of f_t first (CPU presets, whose frame feature is wide).
+    encoder_dim: int | None = None
     regressor_hidden: int = 256
     transformer_layers: int = 4
     transformer_heads: int = 2
@@ -237,7 +245,25 @@ def paper_settings(cfg: ModelConfig) -> ModelConfig:
     )
 
 
+def _small() -> ModelConfig:
+    """The CPU preset for real images: a small CLIP ModifiedResNet trained from scratch.
+
+    128x64 input (the size of the low-resolution crops it is meant for), stem width 16 with two
+    blocks per stage (0.9 M tower parameters), layer4 at stride 16 (an 8x4 map), IBN-a, the
+    global feature plus 4 stripes of 128; MGTM on the map pooled to 4x2 cells of 64-d tokens.
+    Chosen on PETA-dev (``bench/RESULTS.md``, "Accuracy on real images (PETA-dev)").
+    """
+    return ModelConfig(
+        backbone=BackboneConfig(name="small", arch="resnet", image_size=(128, 64), width=16,
+                                resnet_layers=(2, 2, 2, 2), last_stride=1, pool="avg", heads=4, output_dim=256,
+                                token_dim=64, token_grid=(4, 2), ibn=True, parts=4, part_dim=128, quick_gelu=False),
+        mgtm=MGTMConfig(d_state=4, expand=1, mlp_ratio=1.0),
+        prsd=PRSDConfig(encoder_dim=128, regressor_hidden=64, transformer_ff=32),
+    )
+
+
 PRESETS = {
+    "small": _small,
     "vit-l-14": _vit_l_14,
     "vit-b-16": _vit_b_16,
     "tiny": _tiny,

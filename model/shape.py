@@ -14,7 +14,8 @@ from model.config import PRSDConfig
 class PRSD(nn.Module):
     """Frame features ``f: [B, T, d]`` -> shape feature ``f_S: [B, 10]`` and smoothed betas.
 
-    eq. (11)-(12)  f^g_t = f_t + GRU(f)_t             (residual temporal encoder)
+    eq. (11)-(12)  f^g_t = f_t + GRU(f)_t             (residual temporal encoder; with
+                   ``encoder_dim`` set, f_t is first projected linearly to that width)
     eq. (13)       alpha_t = R(f^g_t)                 (regressor to SMPL betas)
     eq. (14)       alpha~_t = GRU'(alpha_t, alpha~_{t-1})  (smoothing)
     eq. (15)       alpha~ = LN(TransformerEncoder(alpha~))  (4 layers; the LN's gain starts at
@@ -27,9 +28,11 @@ class PRSD(nn.Module):
     def __init__(self, dim: int, cfg: PRSDConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.encoder = nn.GRU(dim, dim, batch_first=True)
+        width = cfg.encoder_dim or dim
+        self.project = nn.Linear(dim, width) if width != dim else nn.Identity()
+        self.encoder = nn.GRU(width, width, batch_first=True)
         self.regressor = nn.Sequential(
-            nn.Linear(dim, cfg.regressor_hidden), nn.GELU(), nn.Linear(cfg.regressor_hidden, cfg.num_betas)
+            nn.Linear(width, cfg.regressor_hidden), nn.GELU(), nn.Linear(cfg.regressor_hidden, cfg.num_betas)
         )
         self.smoother = nn.GRU(cfg.num_betas, cfg.num_betas, batch_first=True)
         layer = nn.TransformerEncoderLayer(
@@ -49,6 +52,7 @@ class PRSD(nn.Module):
         nn.init.constant_(self.out_norm.weight, cfg.output_scale_init)
 
     def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.project(f)
         g, _ = self.encoder(f)
         alpha = self.regressor(f + g)
         smoothed, _ = self.smoother(alpha)

@@ -11,7 +11,12 @@ attention pool), so CLIP RN weights load into it. Changes for re-identification:
 - ``ibn``: IBN-Net-a normalisation (Pan et al. 2018): half the channels of the first convolution
   of every block in layers 1-3 are instance-normalised, which removes per-image colour and
   contrast statistics that do not transfer between cameras;
-- tokens for MGTM: the last feature map's cells, projected to ``token_dim``, behind their mean
+- ``parts``: the frame feature is the global feature followed by ``parts`` horizontal stripes of
+  the last feature map, each average-pooled and projected to ``part_dim`` (PCB, Sun et al. 2018):
+  where a colour or texture sits on the body (head, torso, legs) is what transfers between
+  cameras best when training from scratch on a few thousand images;
+- tokens for MGTM: the last feature map's cells (average-pooled to ``token_grid`` when set: the
+  Mamba scan's cost grows with the token count), projected to ``token_dim``, behind their mean
   as the summary token.
 """
 
@@ -77,10 +82,16 @@ class CLIPResNetBackbone(Backbone):
             # grid and resize pretrained ones in adapt_pretrained.
             pos = torch.randn(grid[0] * grid[1] + 1, channels) / channels ** 0.5
             visual.attnpool.positional_embedding = nn.Parameter(pos)
-            self.feature_dim = cfg.output_dim
+            global_dim = cfg.output_dim
         else:
             visual.attnpool = None
-            self.feature_dim = channels
+            global_dim = channels
+        if not 0 <= cfg.parts <= grid[0]:
+            raise ValueError(f"parts must be in 0..{grid[0]} (the feature map's height), got {cfg.parts}")
+        part_dim = cfg.part_dim or channels
+        self.part_proj = nn.ModuleList(
+            nn.Linear(channels, part_dim) if part_dim != channels else nn.Identity() for _ in range(cfg.parts))
+        self.feature_dim = global_dim + cfg.parts * part_dim
         if cfg.ibn:
             for layer in (visual.layer1, visual.layer2, visual.layer3):
                 for block in layer:
@@ -130,13 +141,15 @@ class CLIPResNetBackbone(Backbone):
         v = self.visual
         x = v.stem(x.to(memory_format=torch.channels_last) if x.device.type == "cpu" else x)
         x = v.layer4(v.layer3(v.layer2(v.layer1(x))))  # [n, C, h, w]
-        if v.attnpool is not None:
-            f = v.attnpool(x)
-        else:
-            f = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        f = v.attnpool(x) if v.attnpool is not None else F.adaptive_avg_pool2d(x, 1).flatten(1)
+        if self.cfg.parts:
+            stripes = F.adaptive_avg_pool2d(x, (self.cfg.parts, 1)).flatten(2).unbind(dim=2)
+            f = torch.cat([f, *(proj(s) for proj, s in zip(self.part_proj, stripes))], dim=1)
         side = self.side_info(camera, platform)
         if side is not None:
             f = f + side.to(f.dtype)
+        if self.cfg.token_grid is not None:
+            x = F.adaptive_avg_pool2d(x, tuple(self.cfg.token_grid))
         cells = self.token_proj(x.flatten(2).transpose(1, 2))  # [n, h * w, token_dim]
         tokens = torch.cat([cells.mean(dim=1, keepdim=True), cells], dim=1)
         return f, tokens

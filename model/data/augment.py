@@ -1,6 +1,6 @@
 """Tracklet-consistent augmentation (SAS-VPReID section 3.2 and 4.2).
 
-Every random parameter (flip, erasing rectangle, hue shift) is drawn **once per tracklet** and
+Every random parameter (flip, translation, erasing rectangle, hue shift) is drawn **once per tracklet** and
 applied identically to all of its frames, so augmentation never introduces frame-to-frame
 flicker. Frames are float tensors in ``[0, 1]`` of shape ``[T, 3, H, W]``, before
 normalisation; erased pixels are filled with ``erase_fill`` (by default the CLIP mean colour,
@@ -30,15 +30,20 @@ class AugmentConfig:
     erase_fill: tuple[float, float, float] = CLIP_MEAN
     hue_p: float = 0.5
     hue_max: float = 0.3
+    # Random translation (the ReID "pad and random crop"): the frame is padded by this many
+    # black pixels on each side and cropped back to its size at a random offset; 0 = off.
+    crop_pad: int = 0
 
 
 @dataclass(frozen=True)
 class AugmentParams:
-    """Parameters drawn for one tracklet. ``erase`` is ``(top, left, height, width)``."""
+    """Parameters drawn for one tracklet. ``erase`` is ``(top, left, height, width)``;
+    ``shift`` is the ``(dy, dx)`` translation in pixels."""
 
     flip: bool
     erase: tuple[int, int, int, int] | None
     hue: float | None
+    shift: tuple[int, int] = (0, 0)
 
 
 def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
@@ -104,6 +109,19 @@ def draw_erase_box(
     return None
 
 
+def translate(frames: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Shift ``[..., H, W]`` content by ``(dy, dx)`` pixels (down, right), filling with black (0):
+    the same as padding by ``|d|`` and cropping at the shifted offset."""
+    out = torch.zeros_like(frames)
+    h, w = frames.shape[-2:]
+    if abs(dy) >= h or abs(dx) >= w:
+        return out
+    src_y, dst_y = slice(max(-dy, 0), h - max(dy, 0)), slice(max(dy, 0), h - max(-dy, 0))
+    src_x, dst_x = slice(max(-dx, 0), w - max(dx, 0)), slice(max(dx, 0), w - max(-dx, 0))
+    out[..., dst_y, dst_x] = frames[..., src_y, src_x]
+    return out
+
+
 class TrackletAugment:
     """Draws one set of parameters per tracklet and applies it to every frame."""
 
@@ -117,11 +135,15 @@ class TrackletAugment:
         u_flip, u_erase, u_hue = rng.random(3)
         hue = float(rng.uniform(-c.hue_max, c.hue_max))
         box = draw_erase_box(rng, height, width, c.erase_scale, c.erase_ratio)
-        return AugmentParams(
+        params = AugmentParams(
             flip=bool(u_flip < c.flip_p),
             erase=box if u_erase < c.erase_p else None,
             hue=hue if u_hue < c.hue_p else None,
         )
+        if c.crop_pad > 0:  # drawn last, so runs without translation keep their old streams
+            dy, dx = (int(v) for v in rng.integers(-c.crop_pad, c.crop_pad + 1, size=2))
+            params = AugmentParams(params.flip, params.erase, params.hue, (dy, dx))
+        return params
 
     def apply(self, frames: torch.Tensor, params: AugmentParams) -> torch.Tensor:
         """Apply ``params`` to ``frames`` ``[T, 3, H, W]`` in [0, 1]; returns a new tensor."""
@@ -130,6 +152,8 @@ class TrackletAugment:
             out = adjust_hue(out, params.hue)
         if params.flip:
             out = torch.flip(out, dims=(-1,))
+        if params.shift != (0, 0):
+            out = translate(out, *params.shift)
         if params.erase is not None:
             top, left, h, w = params.erase
             out = out.clone()

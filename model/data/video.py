@@ -23,8 +23,36 @@ SAMPLING_MODES: tuple[str, ...] = ("restricted_random", "even", "all")
 
 def load_frame(path: Path, size: tuple[int, int]) -> torch.Tensor:
     """Read one image as RGB, bicubic-resize to ``size`` = (H, W); returns ``[3, H, W]`` in [0, 1]."""
+    return to_unit_tensor(_decode(path, size))
+
+
+def _decode(path: Path, size: tuple[int, int]) -> np.ndarray:
     with Image.open(path) as img:
-        return to_unit_tensor(image_to_array(img, size))
+        return image_to_array(img, size)
+
+
+class FrameCache:
+    """Decoded, resized frames (uint8) kept in memory up to ``max_bytes``, so each file is read
+    and resized once per run instead of once per epoch. Past the budget frames are decoded as
+    before; the cache never changes what a frame looks like."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._frames: dict[tuple[Path, tuple[int, int]], np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def load(self, path: Path, size: tuple[int, int]) -> torch.Tensor:
+        key = (path, size)
+        array = self._frames.get(key)
+        if array is None:
+            array = _decode(path, size)
+            if self.bytes + array.nbytes <= self.max_bytes:
+                self._frames[key] = array
+                self.bytes += array.nbytes
+        return to_unit_tensor(array)
 
 
 def frame_indices(num_frames: int, seq_len: int, sampling: str, rng: np.random.Generator) -> np.ndarray:
@@ -46,7 +74,8 @@ class VideoDataset(Dataset):
     ``set_epoch`` to vary it between epochs. ``sampling="all"`` gives variable ``T`` (use batch
     size 1). Unreadable frames are skipped with a warning naming the file and remembered in
     ``corrupt_frames`` (per process: each DataLoader worker keeps its own copy); a tracklet
-    with no readable frame raises ``DatasetError``.
+    with no readable frame raises ``DatasetError``. A ``frame_cache`` keeps decoded frames
+    between epochs (useful with ``num_workers=0``: worker processes do not outlive an epoch).
     """
 
     def __init__(
@@ -59,6 +88,7 @@ class VideoDataset(Dataset):
         std: Sequence[float] = CLIP_STD,
         train_augment: TrackletAugment | None = None,
         seed: int = 0,
+        frame_cache: FrameCache | None = None,
     ) -> None:
         if sampling not in SAMPLING_MODES:
             raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
@@ -72,6 +102,7 @@ class VideoDataset(Dataset):
         self.std = tuple(float(x) for x in std)
         self.train_augment = train_augment
         self.seed = seed
+        self.frame_cache = frame_cache
         self.epoch = 0
         self.corrupt_frames: set[Path] = set()
 
@@ -100,7 +131,8 @@ class VideoDataset(Dataset):
             failed = False
             for i in dict.fromkeys(idx.tolist()):
                 try:
-                    loaded[i] = load_frame(readable[i], self.size)
+                    loaded[i] = (self.frame_cache.load(readable[i], self.size) if self.frame_cache is not None
+                                 else load_frame(readable[i], self.size))
                 except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError...
                     self.corrupt_frames.add(readable[i])
                     warnings.warn(f"skipping unreadable frame {readable[i]}: {exc}", RuntimeWarning, stacklevel=2)

@@ -32,7 +32,7 @@ MemoryInit = Literal["online", "centroids"]
 # Fields that may change between a run and its --resume without changing what is computed.
 RESUME_MUTABLE: frozenset[str] = frozenset(
     {"epochs", "eval_every", "ckpt_every", "device", "num_workers", "log_every", "eval_batch_size",
-     "progress", "keep_states"}
+     "progress", "keep_states", "frame_cache_mb"}
 )
 
 
@@ -48,6 +48,7 @@ class TrainConfig:
     lr_pretrained: float = 5e-6
     warmup_iters: int = 10
     warmup_start_lr: float = 3.5e-5  # warm-up starts at this lr for the new modules (factor 0.1)
+    schedule: Literal["step", "cosine"] = "step"  # step: x gamma at the milestones (paper); cosine: to 0
     milestones: tuple[int, ...] = (10, 20, 30)  # epochs (0-based) from which the lr is x gamma
     gamma: float = 0.1
     weight_decay: float = 1e-4  # paper silent; CLIP-ReID-family value, coupled L2 (Adam)
@@ -61,6 +62,7 @@ class TrainConfig:
     erase_p: float = 0.5
     hue_p: float = 0.5  # p_c
     hue_max: float = 0.3  # h
+    crop_pad: int = 0  # random translation by up to this many pixels (pad + random crop); 0 = off
     # -- model options (ablations and paper-2 options) --
     mgtm: bool = True
     prsd: bool = True
@@ -83,6 +85,9 @@ class TrainConfig:
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile the forward pass
     num_workers: int = 2
+    # Decoded training frames kept in memory (MiB; 0 = off). Only the main process keeps them, so
+    # it pays off with num_workers = 0: a small data set is then read from disk once per run.
+    frame_cache_mb: int = 0
     eval_every: int = 0  # evaluate on the test cases every N epochs (0: only at the end)
     ckpt_every: int = 5  # write RUN_DIR/checkpoints/epoch_XXX every N epochs (and at the end)
     keep_states: int = 1  # keep the optimizer/RNG training state in only the newest N checkpoints
@@ -97,7 +102,7 @@ class TrainConfig:
         """Default recipe for model preset ``name`` with optional field overrides."""
         if name not in model_config.PRESETS:
             raise ValueError(f"unknown model config {name!r}; choose one of {sorted(model_config.PRESETS)}")
-        base = _TINY_RECIPE if name == "tiny" else {}
+        base = _CPU_RECIPES.get(name, {})
         cfg = TrainConfig(model=name, **base)
         return cfg.replace(**overrides) if overrides else cfg
 
@@ -127,6 +132,8 @@ class TrainConfig:
             (self.keep_states >= 1, f"keep_states must be >= 1, got {self.keep_states}"),
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
             (self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}"),
+            (self.frame_cache_mb >= 0, f"frame_cache_mb must be >= 0, got {self.frame_cache_mb}"),
+            (self.schedule in ("step", "cosine"), f"schedule must be step|cosine, got {self.schedule!r}"),
             (self.memory_init in ("online", "centroids"), f"memory_init must be online|centroids, got {self.memory_init!r}"),
             (self.descriptor_weights is None or (len(self.descriptor_weights) == 3 and min(self.descriptor_weights) >= 0
                                                  and max(self.descriptor_weights) > 0),
@@ -207,11 +214,13 @@ def backbone_lr(cfg: TrainConfig, pretrained: bool) -> float:
 
 
 def resume_conflicts(saved: TrainConfig, requested: dict[str, Any]) -> list[str]:
-    """Explicitly requested fields that would change a resumed run's computation."""
+    """Explicitly requested fields that would change a resumed run's computation (under a cosine
+    schedule the number of epochs sets the decay, so it may not change either)."""
+    mutable = RESUME_MUTABLE - ({"epochs"} if saved.schedule == "cosine" else set())
     return [
         f"{name}: run has {getattr(saved, name)!r}, requested {value!r}"
         for name, value in sorted(requested.items())
-        if name not in RESUME_MUTABLE and getattr(saved, name) != value
+        if name not in mutable and getattr(saved, name) != value
     ]
 
 
@@ -232,3 +241,33 @@ _TINY_RECIPE: dict[str, Any] = {
     "ckpt_every": 2,
     "log_every": 10,
 }
+
+
+# The small recipe: the CPU recipe for real images (PETA-dev, 2 CPU cores, <= 30 min; see
+# bench/RESULTS.md "Accuracy on real images (PETA-dev)"). From scratch every group trains at
+# 1e-3 with a cosine decay after 150 warm-up iterations; P=16 x K=4 tracklets of T=4 frames
+# (repeats of a short tracklet's frames cost nothing: the backbone sees each frame once);
+# translation by up to 6 px, flips and erasing, but no hue jitter: on real cameras clothing
+# colour is the strongest cue there is, and the same clothes are seen in every test case.
+_SMALL_RECIPE: dict[str, Any] = {
+    "epochs": 15,
+    "p": 16,
+    "k": 4,
+    "seq_len": 4,
+    "lr_new": 1e-3,
+    "lr_pretrained": 1e-3,
+    "warmup_iters": 150,
+    "warmup_start_lr": 1e-4,
+    "schedule": "cosine",
+    "weight_decay": 5e-4,
+    "hue_p": 0.0,
+    "crop_pad": 6,
+    "ckpt_every": 5,
+    "log_every": 10,
+    "eval_batch_size": 64,
+    # ~10k frames of 128x64 are 240 MB decoded: read once, then no loader processes at all.
+    "num_workers": 0,
+    "frame_cache_mb": 1024,
+}
+
+_CPU_RECIPES: dict[str, dict[str, Any]] = {"tiny": _TINY_RECIPE, "small": _SMALL_RECIPE}

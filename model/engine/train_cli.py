@@ -77,6 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"lr of the pretrained CLIP tower (paper {r.lr_pretrained}; used only with --clip-weights)")
     g.add_argument("--warmup-iters", type=int, default=None, help=f"warm-up iterations (paper {r.warmup_iters})")
     g.add_argument("--warmup-start-lr", type=float, default=None, help=f"warm-up start lr (paper {r.warmup_start_lr})")
+    g.add_argument("--schedule", choices=("step", "cosine"), default=None,
+                   help="after warm-up: x gamma at --milestones (step, paper) or a cosine decay to 0 (cosine)")
     g.add_argument("--milestones", type=_milestones, default=None, help="lr x gamma from these epochs (paper 10,20,30)")
     g.add_argument("--gamma", type=float, default=None, help=f"lr decay factor (paper {r.gamma})")
     g.add_argument("--weight-decay", type=float, default=None, help=f"Adam weight decay (default {r.weight_decay})")
@@ -110,6 +112,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="activation checkpointing in the ViT")
     x.add_argument("--no-bf16", action="store_const", const=False, default=None, help="no bf16 autocast on CUDA")
     x.add_argument("--num-workers", type=int, default=None, help="data loader workers (default 2)")
+    x.add_argument("--frame-cache-mb", type=int, default=None,
+                   help="keep decoded training frames in memory up to this many MiB (with --num-workers 0)")
     x.add_argument("--log-every", type=int, default=None, help="iterations between step records in log.jsonl")
     x.add_argument("--eval-frames", type=int, default=None, help="frames per test tracklet (default: model's 8)")
     x.add_argument("--eval-batch-size", type=int, default=None, help="tracklets per embedding batch")

@@ -14,7 +14,7 @@ from model.config import ModelConfig
 from model.data import Tracklet
 from model.data.augment import AugmentConfig, TrackletAugment
 from model.data.sampler import IdentityBalancedSampler
-from model.data.video import VideoDataset
+from model.data.video import FrameCache, VideoDataset
 from model.engine.config import TrainConfig
 from model.engine.embedding import seed_worker
 
@@ -67,7 +67,8 @@ class TrainLoader:
 
 def augment_config(cfg: TrainConfig) -> AugmentConfig:
     """Flip, random erasing and hue jitter probabilities/ranges of the run."""
-    return AugmentConfig(flip_p=cfg.flip_p, erase_p=cfg.erase_p, hue_p=cfg.hue_p, hue_max=cfg.hue_max)
+    return AugmentConfig(flip_p=cfg.flip_p, erase_p=cfg.erase_p, hue_p=cfg.hue_p, hue_max=cfg.hue_max,
+                         crop_pad=cfg.crop_pad)
 
 
 def build_train_loader(tracklets: Sequence[Tracklet], cfg: TrainConfig, model_cfg: ModelConfig,
@@ -82,6 +83,7 @@ def build_train_loader(tracklets: Sequence[Tracklet], cfg: TrainConfig, model_cf
         std=model_cfg.std,
         train_augment=TrackletAugment(augment_config(cfg)),
         seed=cfg.seed,
+        frame_cache=FrameCache(cfg.frame_cache_mb << 20) if cfg.frame_cache_mb else None,
     )
     sampler = IdentityBalancedSampler([t.pid for t in tracklets], p=cfg.p, k=cfg.k, seed=cfg.seed)
     return TrainLoader(dataset, sampler, cfg.num_workers, pin_memory, cfg.seed)

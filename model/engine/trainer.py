@@ -168,11 +168,12 @@ class Trainer:
         self.model.to(self.device).train()
         self.pretrained = self.clip_weights is not None
         self.optimizer, self.group_names = build_optimizer(self.model, self.cfg, self.pretrained)
-        self.schedule = WarmupStepSchedule(self.optimizer, self.cfg.warmup_iters,
-                                           self.cfg.warmup_start_lr / self.cfg.lr_new, self.cfg.milestones,
-                                           self.cfg.gamma)
         self.loader = build_train_loader(self.data.train, self.cfg, self.model_cfg,
                                          pin_memory=self.device.type == "cuda")
+        total = self.cfg.epochs * len(self.loader) if self.cfg.schedule == "cosine" else None
+        self.schedule = WarmupStepSchedule(self.optimizer, self.cfg.warmup_iters,
+                                           self.cfg.warmup_start_lr / self.cfg.lr_new, self.cfg.milestones,
+                                           self.cfg.gamma, total)
         self.forward = torch.compile(self.model) if self.cfg.compile else self.model
         self.start_epoch, self.global_iter = 0, 0
 

@@ -13,6 +13,7 @@ from model.data.augment import (
     adjust_hue,
     hsv_to_rgb,
     rgb_to_hsv,
+    translate,
 )
 
 
@@ -86,3 +87,26 @@ def test_nothing_applied_when_probabilities_zero() -> None:
     aug = TrackletAugment(AugmentConfig(flip_p=0.0, erase_p=0.0, hue_p=0.0))
     frames = _identical_frames()
     assert torch.equal(aug(frames, np.random.default_rng(0)), frames)
+
+
+def test_translate_is_pad_then_crop() -> None:
+    x = torch.rand(2, 3, 8, 6)
+    for dy, dx in ((0, 0), (2, -1), (-3, 2), (1, 1)):
+        padded = torch.nn.functional.pad(x, (3, 3, 3, 3))  # black border of 3
+        want = padded[..., 3 - dy:3 - dy + 8, 3 - dx:3 - dx + 6]
+        torch.testing.assert_close(translate(x, dy, dx), want)
+
+
+def test_crop_pad_shifts_every_frame_alike_and_stays_in_range() -> None:
+    aug = TrackletAugment(AugmentConfig(flip_p=0.0, erase_p=0.0, hue_p=0.0, crop_pad=4))
+    frames = torch.rand(1, 3, 16, 8).repeat(3, 1, 1, 1)
+    shifts = set()
+    for seed in range(40):
+        params = aug.draw(np.random.default_rng(seed), 16, 8)
+        assert all(-4 <= v <= 4 for v in params.shift)
+        shifts.add(params.shift)
+        out = aug.apply(frames, params)
+        assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
+    assert len(shifts) > 10
+    off = TrackletAugment(AugmentConfig(crop_pad=0)).draw(np.random.default_rng(0), 16, 8)
+    assert off.shift == (0, 0)

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from model.data import DatasetError, Tracklet
 from model.data.augment import AugmentConfig, TrackletAugment
@@ -94,3 +96,23 @@ def test_load_frame_resizes_bicubic(tmp_path: Path, write_image) -> None:
 def test_bad_sampling_mode(tmp_path: Path, write_tracklet) -> None:
     with pytest.raises(ValueError, match="sampling"):
         VideoDataset([_tracklet(tmp_path, write_tracklet)], sampling="random")
+
+
+def test_frame_cache_reads_each_file_once_and_changes_nothing(tmp_path) -> None:
+    from model.data.video import FrameCache
+
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"f{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (20, 10, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    cache = FrameCache(max_bytes=2 * 8 * 4 * 3)  # room for two 8x4 frames
+    first = [cache.load(p, (8, 4)) for p in paths]
+    assert len(cache) == 2 and cache.bytes == 2 * 8 * 4 * 3
+    for p in paths[:2]:
+        p.unlink()  # cached frames no longer need the file
+    again = [cache.load(p, (8, 4)) for p in paths]
+    for a, b, p in zip(first, again, paths):
+        torch.testing.assert_close(a, b)
+        if p.exists():
+            torch.testing.assert_close(a, load_frame(p, (8, 4)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,19 @@ def test_schedule_warmup_and_steps():
     sched = WarmupStepSchedule(opt, **kw)
     assert sched.set(0, 0) == pytest.approx([5e-7, 3.5e-5])
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([5e-7, 3.5e-5])
+
+
+def test_cosine_schedule_decays_to_zero_after_warmup():
+    kw = dict(warmup_iters=10, warmup_start=0.1, milestones=(3,), gamma=0.1, total_iters=110)
+    assert lr_factor(0, 0, **kw) == pytest.approx(0.1)
+    assert lr_factor(10, 0, **kw) == pytest.approx(1.0)
+    assert lr_factor(60, 5, **kw) == pytest.approx(0.5)  # half-way: milestones play no part
+    assert lr_factor(110, 9, **kw) == pytest.approx(0.0, abs=1e-12)
+    values = [lr_factor(i, 0, **kw) for i in range(10, 111)]
+    assert all(a >= b for a, b in itertools.pairwise(values))
+    saved = TrainConfig.recipe("tiny", schedule="cosine")
+    assert resume_conflicts(saved, {"epochs": saved.epochs + 1})  # epochs set the decay
+    assert not resume_conflicts(TrainConfig.recipe("tiny"), {"epochs": 99})
 
 
 def test_optimizer_groups_and_backbone_lr_rule():
