@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 
 from model.data import CASES, load_detreidx, parse_frame_name
-from model.data.synth.generate import generate_synth
-from model.data.synth.identity import HAIR_DYED, HAIR_STYLES, colour_distance, sample_identity
-from model.data.synth.plan import SynthConfig, make_plan
+from model.data.manifest import read_manifest
+from model.data.synth.generate import generate_synth, positives_per_query, render_tracklet
+from model.data.synth.identity import HAIR_DYED, HAIR_STYLES, Outfit, colour_distance, sample_identity
+from model.data.synth.plan import PlannedTracklet, SynthConfig, SynthPlan, make_plan, session_views
 from model.data.synth.render import Capture, render_frame
 from model.data.synth.views import UAV_POINTS, view_by_name
 from service.cli import main as cli_main
@@ -77,10 +78,110 @@ def test_case_structure(small_build: Path) -> None:
         gallery_pids = {t.pid for t in case.gallery}
         query_pids = {t.pid for t in case.query}
         assert query_pids < gallery_pids, "every query id in the gallery, plus distractors"
+        assert not {t.tracklet_id for t in case.query} & {t.tracklet_id for t in case.gallery}
         for q in case.query:
-            same = [g for g in case.gallery if g.pid == q.pid]
-            assert same and all(g.session != q.session for g in same), "query and gallery from different sessions"
-            assert all(g.camera != q.camera for g in same), "no same-camera (junk) positives"
+            positives = [g for g in case.gallery if g.pid == q.pid]
+            assert any(g.session == q.session for g in positives), f"{name} {q.tracklet_id}: no same-outfit positive"
+            assert any(g.session != q.session for g in positives), f"{name} {q.tracklet_id}: no clothing-changed positive"
+            assert all(g.camera != q.camera for g in positives), "no same-camera (junk) positives"
+
+
+def _plan_positives(plan: SynthPlan, case: str) -> list[tuple[PlannedTracklet, list[PlannedTracklet]]]:
+    """Each query of ``case`` with its same-identity gallery tracklets, from the plan alone."""
+    gallery = [t for t in plan.tracklets if f"{case}/gallery" in t.destinations]
+    queries = [t for t in plan.tracklets if f"{case}/query" in t.destinations]
+    return [(q, [g for g in gallery if g.pid == q.pid]) for q in queries]
+
+
+def test_manifest_sessions_cameras_and_platforms_match_the_plan(small_build: Path) -> None:
+    plan = make_plan(SMALL)
+    rows = read_manifest(small_build / "manifest.csv")
+    planned = {(dest, f"{t.pid:04d}", t.folder_name): t for t in plan.tracklets for dest in t.destinations}
+    assert set(rows) == set(planned), "one manifest row per written tracklet folder"
+    for key, row in rows.items():
+        t = planned[key]
+        assert (row.session, row.camera, row.platform) == (t.session, t.camera, t.platform), key
+        # The frame names carry the session too, so the manifest cannot disagree with what was rendered.
+        frame = next((small_build / key[0] / key[1] / key[2]).iterdir()).name
+        assert f"_S{t.session}_" in frame
+        case, role = key[0].split("/") if "/" in key[0] else (key[0], "")
+        if role == "query":
+            assert row.session == plan.case_query_sessions[case][t.pid]
+    ds = load_detreidx(small_build, progress=False)
+    by_folder = {t.folder_name: t for t in plan.tracklets}
+    assert all(t.session == by_folder[t.tracklet_id].session for c in ds.cases.values() for t in c.query + c.gallery)
+
+
+def _rendered_in(plan: SynthPlan, root: Path, case: str, g: PlannedTracklet, outfit: Outfit) -> bool:
+    """Whether gallery tracklet ``g``'s files on disk are exactly ``g`` rendered in ``outfit``."""
+    folder = root / case / "gallery" / f"{g.pid:04d}" / g.folder_name
+    frames = render_tracklet(g, plan.identities[g.pid], outfit, plan.config.seed)
+    return all((folder / name).read_bytes() == data for name, data, _size in frames)
+
+
+def test_same_session_positives_wear_the_query_outfit_other_session_ones_do_not(small_build: Path) -> None:
+    plan = make_plan(SMALL)
+    for case in CASES:
+        for q, positives in _plan_positives(plan, case):
+            same = [g for g in positives if g.session == q.session]
+            other = [g for g in positives if g.session != q.session]
+            assert same and other
+            query_outfit = plan.outfit_of(q)
+            assert all(plan.outfit_of(g) == query_outfit for g in same)
+            assert all(colour_distance(plan.outfit_of(g).top, query_outfit.top) >= 60 for g in other)
+            # What was written: re-rendering in the query's outfit reproduces same-session files only.
+            assert all(_rendered_in(plan, small_build, case, g, query_outfit) for g in same)
+            assert not any(_rendered_in(plan, small_build, case, g, query_outfit) for g in other)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        SynthConfig(),
+        SynthConfig(ids=20, tracklets_per_id=4, seed=1),
+        SynthConfig(ids=20, tracklets_per_id=5, seed=2),
+        SynthConfig(ids=20, tracklets_per_id=13, seed=3),
+        SynthConfig(ids=12, tracklets_per_id=44, seed=4),
+    ],
+    ids=["default", "tpi4", "tpi5", "tpi13", "tpi44"],
+)
+def test_every_query_has_both_positive_kinds_off_its_camera(config: SynthConfig) -> None:
+    plan = make_plan(config)
+    for case, info in CASES.items():
+        pairs = _plan_positives(plan, case)
+        assert {q.pid for q, _ in pairs} == set(plan.case_query_pids[case])
+        for q, positives in pairs:
+            assert q.platform == info.query_platform and q.session == plan.case_query_sessions[case][q.pid]
+            assert all(g.platform == info.gallery_platform and g.number != q.number for g in positives)
+            assert any(g.session == q.session for g in positives) and any(g.session != q.session for g in positives)
+            assert all(g.camera != q.camera for g in positives), f"{case}: a positive would be same-camera junk"
+    train = [t for t in plan.tracklets if t.pid in set(plan.train_pids)]
+    assert len(train) == config.num_train * config.tracklets_per_id, "only test identities are topped up"
+
+
+def test_default_cases_keep_their_sizes() -> None:
+    plan = make_plan(SynthConfig())
+    counts = {
+        (case, role): sum(f"{case}/{role}" in t.destinations for t in plan.tracklets)
+        for case in CASES
+        for role in ("query", "gallery")
+    }
+    # 40 query ids x 2 query-platform tracklets of their session (A->A: one, the other is a gallery item);
+    # galleries: every gallery-platform tracklet of the 50 test ids, less A->A's queries.
+    assert counts == {
+        ("case1_aerial_to_ground", "query"): 80, ("case1_aerial_to_ground", "gallery"): 200,
+        ("case2_ground_to_aerial", "query"): 80, ("case2_ground_to_aerial", "gallery"): 200,
+        ("case3_aerial_to_aerial", "query"): 40, ("case3_aerial_to_aerial", "gallery"): 160,
+    }  # fmt: skip
+    assert all(len(plan.case_distractor_pids[c]) == 10 for c in CASES)
+    assert [positives_per_query(plan, c) for c in CASES] == [(2.0, 2.0), (2.0, 2.0), (1.0, 2.0)]
+
+
+def test_aerial_points_of_a_session_are_distinct() -> None:
+    for seed in range(5):
+        views = session_views(36, np.random.default_rng(seed))
+        aerial = [v.name for v in views if v.platform == "aerial"]
+        assert len(aerial) == 18 and len(set(aerial)) == 18
 
 
 def test_frame_names_follow_grammar(small_build: Path) -> None:

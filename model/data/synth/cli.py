@@ -14,13 +14,23 @@ _DEFAULTS = SynthConfig()
 _PREVIEW_DEFAULT = "synthxfd_preview.png"
 
 
+_EPILOG = (
+    "Each case (A->G, G->A, A->A) holds, for every query, gallery positives of two kinds: the same "
+    "session (same outfit, seen from the other platform, or for A->A from another UAV point) and the "
+    "other session (other outfit); manifest.csv records each tracklet's session and camera so an "
+    "evaluator can tell them apart. No positive shares the query's camera."
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = _EPILOG
     parser.add_argument("--out", type=Path, default=None, help="output dataset folder (DetReIDX layout)")
     parser.add_argument("--ids", type=int, default=_DEFAULTS.ids, help="train + test identities (default %(default)s)")
     parser.add_argument("--test-ids", type=int, default=None, help="test identities (default: half of --ids, at most 50)")
     parser.add_argument(
         "--tracklets-per-id", type=int, default=_DEFAULTS.tracklets_per_id,
-        help="tracklets per identity over both sessions and platforms, >= 4 (default %(default)s)",
+        help="tracklets per identity over both sessions and platforms, >= 4; test identities get at least "
+        "2 aerial tracklets per session (default %(default)s)",
     )  # fmt: skip
     parser.add_argument("--frames", type=int, default=_DEFAULTS.frames, help="max frames per tracklet (default %(default)s)")
     parser.add_argument("--min-frames", type=int, default=None, help="min frames per tracklet (default: 3/4 of --frames)")

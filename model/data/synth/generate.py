@@ -2,10 +2,12 @@
 
 Output under ``out``: ``train/``, ``case{1,2,3}_*/{query,gallery}/`` (DetReIDX layout),
 ``manifest.csv`` (camera/platform/session per tracklet folder) and ``identities.json`` (every
-identity's traits and both outfits, for analysis). Each tracklet is rendered once and the same
-bytes are written to every split folder that uses it. Output depends only on the config:
-every random draw is seeded from ``(seed, purpose, ids)``, so worker count and scheduling do not
-change a byte.
+identity's traits and both outfits, for analysis). A case's gallery holds, for each query,
+same-session positives (same outfit) and other-session positives (other outfit); the manifest's
+session column is what tells them apart (see ``model.data.synth.plan``). Each tracklet is
+rendered once and the same bytes are written to every split folder that uses it. Output depends
+only on the config: every random draw is seeded from ``(seed, purpose, ids)``, so worker count
+and scheduling do not change a byte.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def _work(index: int) -> _TrackletResult:
     plan: SynthPlan = _WORKER_STATE["plan"]  # type: ignore[assignment]
     out: Path = _WORKER_STATE["out"]  # type: ignore[assignment]
     t = plan.tracklets[index]
-    frames = render_tracklet(t, plan.identities[t.pid], plan.outfits[(t.pid, t.session)], plan.config.seed)
+    frames = render_tracklet(t, plan.identities[t.pid], plan.outfit_of(t), plan.config.seed)
     files = written = 0
     for dest in t.destinations:
         folder = out / dest / f"{t.pid:04d}" / t.folder_name
@@ -97,6 +99,8 @@ class SynthSummary:
     split_counts: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     crop_heights: dict[str, tuple[int, float, int]] = field(default_factory=dict)
     distractors: dict[str, int] = field(default_factory=dict)
+    # case -> (same-outfit, clothing-changed) gallery positives per query, on average
+    positives: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def format(self) -> str:
         """Human-readable multi-line summary."""
@@ -106,6 +110,8 @@ class SynthSummary:
         for split, (ids, tracklets, frames) in self.split_counts.items():
             extra = f"  ({self.distractors[split]} distractor ids)" if split in self.distractors else ""
             lines.append(f"  {split:34s} {ids:5d} {tracklets:10d} {frames:7d}{extra}")
+        for case, (same, changed) in self.positives.items():
+            lines.append(f"  {case} positives per query: {same:.1f} same-outfit, {changed:.1f} clothing-changed")
         for platform, (lo, med, hi) in self.crop_heights.items():
             lines.append(f"  {platform} crop height px: min {lo}, median {med:.0f}, max {hi}")
         return "\n".join(lines)
@@ -192,9 +198,22 @@ def _summarise(plan: SynthPlan, results: list[_TrackletResult], out: Path, secon
         summary.split_counts[split] = (len({t.pid for t in ts}), len(ts), sum(t.num_frames for t in ts))
     for case, pids in plan.case_distractor_pids.items():
         summary.distractors[f"{case}/gallery"] = len(pids)
+    for case in plan.case_query_pids:
+        summary.positives[case] = positives_per_query(plan, case)
     by_index = {r.index: r for r in results}
     for platform in ("ground", "aerial"):
         heights = [h for t_i, r in by_index.items() if plan.tracklets[t_i].platform == platform for h in r.heights]
         if heights:
             summary.crop_heights[platform] = (min(heights), float(np.median(heights)), max(heights))
     return summary
+
+
+def positives_per_query(plan: SynthPlan, case: str) -> tuple[float, float]:
+    """Mean number of ``(same-session, other-session)`` gallery positives of a query in ``case``."""
+    gallery = [t for t in plan.tracklets if f"{case}/gallery" in t.destinations]
+    queries = [t for t in plan.tracklets if f"{case}/query" in t.destinations]
+    if not queries:
+        return 0.0, 0.0
+    same = sum(g.pid == q.pid and g.session == q.session for q in queries for g in gallery)
+    other = sum(g.pid == q.pid and g.session != q.session for q in queries for g in gallery)
+    return same / len(queries), other / len(queries)
