@@ -4,7 +4,12 @@ Protocol (SPEC section 3): for each query, gallery items with the same identity 
 camera are junk and removed; the remaining same-identity items are the positives; every other
 item (including distractors such as pid -1) is a negative. Items are ordered by distance,
 ascending, ties broken by gallery index (a stable sort), so results are deterministic. Queries
-with no positive are skipped and counted.
+with no positive are skipped and counted. ``evaluate_rank`` also takes an optional per-pair junk
+mask, so other protocols (e.g. the cross-session one of ``session_junk_mask``) reuse it.
+
+``evaluate_ranking_vreid_xfd`` is a second, separate protocol: the VReID-XFD organisers' scorer
+(``calculate_metrics_from_csv.py`` of the challenge baseline), which reads identities from tracklet
+names, drops only the query's own tracklet and averages precision trapezoidally.
 
 The evaluator never sorts a row. A positive's 0-based rank among the kept items is
     rank(p) = #{positives before p} + #{negatives j : (d_j, j) < (d_p, p)}
@@ -107,6 +112,9 @@ class _Layout:
     pos_k: np.ndarray  # [P] index of the positive among its query's positives (rank order)
     pos_g: np.ndarray  # [P] gallery index of the positive
     pos_d: np.ndarray  # [P] its distance
+    junk_start: np.ndarray  # [Q] offset of the query's extra junk items in junk_g
+    n_junk: np.ndarray  # [Q]
+    junk_g: np.ndarray  # [J] gallery index of each extra junk (query, item) pair
 
     def negatives_before(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For queries ``rows``: (indices into pos_*, number of negatives ranked before each positive)."""
@@ -116,6 +124,9 @@ class _Layout:
         # Same-identity items (positives and junk) are never negatives: NaN fails every comparison.
         local, pp = _ragged(self.pair_start[rows], self.n_same[rows])
         chunk[local, self.pair_g[pp]] = np.nan
+        if len(self.junk_g):  # extra junk may hold other identities: they are not negatives either
+            j_local, jj = _ragged(self.junk_start[rows], self.n_junk[rows])
+            chunk[j_local, self.junk_g[jj]] = np.nan
         p_max = int(self.n_pos[rows].max())
         p_local, p_idx = _ragged(self.pos_start[rows], self.n_pos[rows])
         slot = self.pos_k[p_idx]
@@ -145,8 +156,12 @@ def evaluate_rank(
     q_camids: np.ndarray | torch.Tensor | Sequence,
     g_camids: np.ndarray | torch.Tensor | Sequence,
     max_rank: int = 50,
+    junk: np.ndarray | torch.Tensor | None = None,
 ) -> RankResult:
     """mAP, CMC[:max_rank] and mINP of distmat [Q, G] (lower = closer) under the market-1501 protocol.
+
+    ``junk``: optional bool [Q, G]; a True pair is removed from that query's ranking, in addition
+    to the same-identity same-camera items (neither a positive nor a negative).
 
     For a valid query with positives p_1..p_n in rank order (0-based ranks r_k among kept items):
         AP  = (1/n) * sum_k k / (r_k + 1)       (k = 1..n, non-interpolated precision at each hit)
@@ -187,6 +202,16 @@ def evaluate_rank(
     pair_g = order[pair_pos]
     pair_start = np.cumsum(n_same) - n_same
     is_pos = g_cam[pair_g] != q_cam[pair_q]
+    junk_g = np.zeros(0, dtype=np.int64)
+    n_junk = np.zeros(num_q, dtype=np.int64)
+    if junk is not None:
+        extra = _to_numpy(junk)
+        if extra.shape != dist.shape or extra.dtype != np.bool_:
+            raise ValueError(f"junk must be a bool array of shape {dist.shape}, got {extra.dtype} {extra.shape}")
+        is_pos &= ~extra[pair_q, pair_g]
+        junk_q, junk_g = np.nonzero(extra)  # row-major, so grouped by query
+        n_junk = np.bincount(junk_q, minlength=num_q)
+    junk_start = np.cumsum(n_junk) - n_junk
     n_pos = np.bincount(pair_q[is_pos], minlength=num_q)
 
     # Positives of all queries sorted by (query, distance, gallery index): this is rank order.
@@ -201,7 +226,8 @@ def evaluate_rank(
     valid_q = np.flatnonzero(n_pos > 0)
     valid_q = valid_q[np.argsort(n_pos[valid_q], kind="stable")]  # similar positive counts per chunk
     rows_per_chunk = max(1, min(len(valid_q), _CHUNK_ELEMS // max(num_g, 1)))
-    layout = _Layout(dist, pair_start, n_same, pair_g, pos_start, n_pos, pos_k, pos_g, pos_d)
+    layout = _Layout(dist, pair_start, n_same, pair_g, pos_start, n_pos, pos_k, pos_g, pos_d,
+                     junk_start, n_junk, junk_g)
     chunks = [valid_q[c : c + rows_per_chunk] for c in range(0, len(valid_q), rows_per_chunk)]
     # numpy releases the GIL in the comparison and popcount loops, so chunks run in parallel.
     workers = min(len(chunks), os.cpu_count() or 1, _MAX_THREADS)
@@ -232,5 +258,134 @@ def evaluate_rank(
         cmc=cmc.astype(np.float64),
         mINP=float(np.nanmean(inp)) if num_valid else float("nan"),
         num_valid_queries=num_valid,
+        ap=ap,
+    )
+
+
+SESSION_KEEPS: tuple[str, ...] = ("other-session", "same-session")
+
+
+def session_junk_mask(
+    q_pids: np.ndarray | Sequence,
+    g_pids: np.ndarray | Sequence,
+    q_sessions: np.ndarray | Sequence,
+    g_sessions: np.ndarray | Sequence,
+    keep: str,
+) -> np.ndarray:
+    """The junk mask [Q, G] (for ``evaluate_rank(junk=...)``) that keeps one kind of positive.
+
+    With same(i, j) = [pid_i == pid_j] and sess(i, j) = [session_i == session_j]:
+        keep = "other-session" (clothing-changed):  junk(i, j) = same(i, j) and sess(i, j)
+        keep = "same-session"  (same-outfit):       junk(i, j) = same(i, j) and not sess(i, j)
+    Only same-identity pairs are ever junk, so negatives are untouched. Labels may be any int or
+    string arrays; every session must be known (no None).
+    """
+    if keep not in SESSION_KEEPS:
+        raise ValueError(f"keep must be one of {SESSION_KEEPS}, got {keep!r}")
+    q_s, g_s = np.asarray(q_sessions, dtype=object), np.asarray(g_sessions, dtype=object)
+    if any(s is None for s in (*q_s.tolist(), *g_s.tolist())):
+        raise ValueError("session_junk_mask needs every session; found None")
+    q_pid, g_pid = _label_codes(_to_numpy(q_pids), _to_numpy(g_pids), "pids")
+    q_ses, g_ses = _label_codes(q_s.astype(str), g_s.astype(str), "sessions")
+    if len(q_pid) != len(q_ses) or len(g_pid) != len(g_ses):
+        raise ValueError(f"pids and sessions differ in length: query {len(q_pid)} vs {len(q_ses)}, "
+                         f"gallery {len(g_pid)} vs {len(g_ses)}")
+    same_id = q_pid[:, None] == g_pid[None, :]
+    same_session = q_ses[:, None] == g_ses[None, :]
+    return same_id & (same_session if keep == "other-session" else ~same_session)
+
+
+def tracklet_identity(name: str) -> str:
+    """Identity of a VReID-XFD tracklet name ``<pid>_<tracklet>``: the text before the first ``_``.
+
+    ``"0024_5453" -> "0024"``; a name without a non-empty identity and tracklet part raises
+    ValueError naming it (the organisers' scorer would crash on it).
+    """
+    pid, sep, rest = str(name).partition("_")
+    if not sep or not pid or not rest:
+        raise ValueError(f"tracklet name {name!r} does not parse as <pid>_<tracklet> (needed by the VReID-XFD "
+                         f"scorer to read its identity)")
+    return pid
+
+
+def trapezoid_ap(hit_ranks: np.ndarray | Sequence[int]) -> float:
+    """Market-1501's python ``compute_mAP`` AP from the 0-based kept ranks r_0 < ... < r_{n-1} of the
+    positives (trapezoidal rule over the precision-recall steps):
+
+        precision_i     = (i + 1) / (r_i + 1)
+        old_precision_i = i / r_i   if r_i != 0 else 1
+        AP = sum_i (1 / n) * (old_precision_i + precision_i) / 2          (0 when n = 0)
+
+    One positive at 1-based rank r gives AP = 1 if r = 1 else 1 / (2 r).
+    """
+    r = np.asarray(hit_ranks, dtype=np.float64)
+    if r.size == 0:
+        return 0.0
+    i = np.arange(r.size, dtype=np.float64)
+    precision = (i + 1) / (r + 1)
+    old = np.divide(i, r, out=np.ones_like(r), where=r != 0)
+    return float(np.mean((old + precision) / 2))
+
+
+def evaluate_ranking_vreid_xfd(
+    ranking: np.ndarray,
+    query_names: Sequence[str],
+    gallery_names: Sequence[str],
+    max_rank: int = 50,
+) -> RankResult:
+    """The VReID-XFD organisers' scorer on rankings ``[Q, G]`` (gallery indices, best first).
+
+    Identity of every tracklet = ``tracklet_identity(name)``. For query i: junk = the gallery items
+    named exactly like the query (its own tracklet; same-camera positives are NOT junk), positives
+    = the other items of its identity. With r_0 < ... < r_{n-1} the positives' 0-based ranks once
+    junk is removed:
+        AP  = trapezoid_ap(r)                  (see there; not evaluate_rank's AP)
+        CMC[k] = 1 if r_0 <= k else 0          (saturates like evaluate_rank's)
+        INP = n / (r_{n-1} + 1)
+    Queries without a positive are skipped (AP NaN), as in the scorer.
+    """
+    if isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 1:
+        raise ValueError(f"max_rank must be an int >= 1, got {max_rank!r}")
+    rank_idx = np.asarray(ranking)
+    num_q = len(query_names)
+    if rank_idx.ndim != 2 or rank_idx.shape[0] != num_q or rank_idx.dtype.kind not in "iu":
+        raise ValueError(f"ranking must be an int array [{num_q}, G], got {rank_idx.dtype} {rank_idx.shape}")
+    q_names, g_names = np.asarray(query_names, dtype=str), np.asarray(gallery_names, dtype=str)
+    if rank_idx.size and (rank_idx.min() < 0 or rank_idx.max() >= len(g_names)):
+        raise ValueError(f"ranking holds gallery indices outside 0..{len(g_names) - 1}")
+    q_id, g_id = _label_codes(np.array([tracklet_identity(n) for n in q_names]),
+                              np.array([tracklet_identity(n) for n in g_names]), "identities")
+    q_nm, g_nm = _label_codes(q_names, g_names, "names")
+    ap = np.full(num_q, np.nan)
+    inp = np.full(num_q, np.nan)
+    first_hit = np.full(num_q, -1, dtype=np.int64)
+    rows_per_chunk = max(1, _CHUNK_ELEMS // max(rank_idx.shape[1], 1))
+    for c in range(0, num_q, rows_per_chunk):
+        rows = np.arange(c, min(c + rows_per_chunk, num_q))
+        block = rank_idx[rows]
+        junk = g_nm[block] == q_nm[rows, None]
+        good = (g_id[block] == q_id[rows, None]) & ~junk
+        kept_rank = np.cumsum(~junk, axis=1) - 1
+        hit_row, hit_col = np.nonzero(good)  # row-major: each query's positives in rank order
+        r = kept_rank[hit_row, hit_col].astype(np.float64)
+        n = np.bincount(hit_row, minlength=len(rows))
+        start = np.cumsum(n) - n
+        i = np.arange(len(hit_row)) - start[hit_row]
+        # trapezoid_ap, vectorised over the chunk's positives.
+        term = ((np.divide(i, r, out=np.ones_like(r), where=r != 0)) + (i + 1) / (r + 1)) / 2
+        valid = n > 0
+        ap[rows[valid]] = np.bincount(hit_row, weights=term, minlength=len(rows))[valid] / n[valid]
+        inp[rows[valid]] = n[valid] / (r[start[valid] + n[valid] - 1] + 1)
+        first_hit[rows[valid]] = r[start[valid]].astype(np.int64)
+    vq = np.flatnonzero(first_hit >= 0)
+    cmc = np.full(max_rank, np.nan)
+    if len(vq):
+        hist = np.bincount(np.minimum(first_hit[vq], max_rank), minlength=max_rank + 1)[:max_rank]
+        cmc = np.cumsum(hist) / len(vq)
+    return RankResult(
+        mAP=float(np.nanmean(ap)) if len(vq) else float("nan"),
+        cmc=cmc.astype(np.float64),
+        mINP=float(np.nanmean(inp)) if len(vq) else float("nan"),
+        num_valid_queries=len(vq),
         ap=ap,
     )

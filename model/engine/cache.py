@@ -1,7 +1,8 @@
 """On-disk descriptor cache, so re-ranking and reporting variants never re-embed a tracklet.
 
 One ``.npz`` file per (checkpoint fingerprint, data root, sampling settings) under the cache
-folder (default ``DATA/.sasreid-cache``)::
+folder, which is never inside the dataset (data is often read-only or shared): ``sasreid evaluate``
+uses ``user_cache_dir()``, a training run's final evaluation ``RUN_DIR/descriptor-cache``::
 
     <fingerprint>-<sha256(root, settings)[:12]>.npz   keys [N] str, descriptors [N, D] float32
 
@@ -16,6 +17,7 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,27 @@ import numpy as np
 from model.data import Tracklet
 from model.engine.datasets import tracklet_key
 
-CACHE_DIRNAME = ".sasreid-cache"
+CACHE_ENV = "SASREID_CACHE_DIR"
+RUN_CACHE_DIRNAME = "descriptor-cache"  # inside a training run folder
+_USER_SUBDIR = ("sasreid", "descriptors")
+
+
+def user_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The descriptor cache folder of ``sasreid evaluate``, first that applies:
+
+    ``$SASREID_CACHE_DIR``; ``$XDG_CACHE_HOME/sasreid/descriptors`` (only an absolute path, as the
+    XDG base-directory spec says); ``$HOME/.cache/sasreid/descriptors``. ``environ`` defaults to
+    ``os.environ``; empty values count as unset.
+    """
+    env = os.environ if environ is None else environ
+    explicit = env.get(CACHE_ENV, "")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = env.get("XDG_CACHE_HOME", "")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg).joinpath(*_USER_SUBDIR)
+    home = env.get("HOME", "")
+    return (Path(home) if home else Path.home()).joinpath(".cache", *_USER_SUBDIR)
 
 
 def record_key(t: Tracklet) -> str:

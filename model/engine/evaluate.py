@@ -2,8 +2,9 @@
 
 ``evaluate_checkpoint(data_root, checkpoint, rerank=...)`` is the one-call entry point (the CLI and
 the service demo use it). Descriptors are cached on disk per checkpoint fingerprint, data root and
-sampling settings (``model.engine.cache``), so a second evaluation, e.g. with re-ranking, embeds
-nothing.
+sampling settings (``model.engine.cache``; never inside the dataset folder), so a second
+evaluation, e.g. with re-ranking, embeds nothing. Besides the fused descriptor, each branch of
+``model.descriptor_layout`` is evaluated alone from the same descriptors (no re-embedding).
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ import torch
 
 from model.checkpoint import load_checkpoint, weights_fingerprint
 from model.data import Tracklet
-from model.engine.cache import CACHE_DIRNAME, DescriptorCache, record_key
+from model.engine.cache import RUN_CACHE_DIRNAME, DescriptorCache, record_key, user_cache_dir
 from model.engine.datasets import EvalCase, load_reid_data, require_cases, tracklet_key
 from model.engine.embedding import embed_tracklets
 from model.engine.evaluator import ReIDEvaluator, RerankParams
 from model.engine.report import EvalReport
+from model.engine.runlog import LOG_NAME
 from model.sasreid import SASVPReID
+
+_RERANK_DEFAULTS = RerankParams()  # the one source of the re-ranking defaults
 
 
 @dataclass
@@ -100,11 +104,18 @@ def evaluate_model(
     num_workers: int = 0,
     device: str | torch.device | None = None,
     progress: bool = True,
+    leaderboard: bool = False,
+    branches: bool = True,
 ) -> EvalReport:
-    """Embed the records of ``cases`` once and evaluate them (plain, and re-ranked if asked)."""
+    """Embed the records of ``cases`` once and evaluate them (plain, and re-ranked if asked).
+
+    ``leaderboard``: add the VReID-XFD scorer's figures. ``branches``: also evaluate each branch of
+    ``model.descriptor_layout`` alone (when there are at least two), from the same descriptors.
+    """
     records = unique_records(cases)
     desc, stats = embed_records(model, records, cache, frames, batch_size, num_workers, device, progress)
-    evaluator = ReIDEvaluator(cases, rerank=rerank)
+    evaluator = ReIDEvaluator(cases, rerank=rerank, leaderboard=leaderboard,
+                              branches=model.descriptor_layout if branches else ())
     evaluator.process(desc, records)
     start = time.perf_counter()
     evaluator.evaluate()
@@ -122,17 +133,30 @@ def evaluate_model(
     return report
 
 
-def default_cache_dir(data_root: str | Path) -> Path:
-    return Path(data_root) / CACHE_DIRNAME
+def default_cache_dir(run_dir: str | Path | None = None) -> Path:
+    """Where descriptors are cached by default: ``RUN_DIR/descriptor-cache`` for a training run's
+    evaluation, else the user cache folder (``model.engine.cache.user_cache_dir``)."""
+    return Path(run_dir) / RUN_CACHE_DIRNAME if run_dir is not None else user_cache_dir()
+
+
+def checkpoint_cache_dir(checkpoint: str | Path | SASVPReID) -> Path:
+    """The default cache of ``sasreid evaluate --checkpoint C``: the cache of C's training run when C
+    is a checkpoint inside a run folder (``RUN_DIR/final``, ``RUN_DIR/epoch_5``: the folder holds
+    ``log.jsonl``), so the run's final evaluation is reused; otherwise the user cache folder."""
+    if not isinstance(checkpoint, SASVPReID):
+        run_dir = Path(checkpoint).resolve().parent
+        if (run_dir / LOG_NAME).is_file():
+            return default_cache_dir(run_dir)
+    return default_cache_dir()
 
 
 def evaluate_checkpoint(
     data_root: str | Path,
     checkpoint: str | Path | SASVPReID,
     rerank: bool = False,
-    k1: int = 20,
-    k2: int = 6,
-    lambda_value: float = 0.3,
+    k1: int = _RERANK_DEFAULTS.k1,
+    k2: int = _RERANK_DEFAULTS.k2,
+    lambda_value: float = _RERANK_DEFAULTS.lambda_value,
     layout: str = "auto",
     frames: int | None = None,
     batch_size: int = 32,
@@ -141,11 +165,16 @@ def evaluate_checkpoint(
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
     progress: bool = True,
+    leaderboard: bool = False,
+    branches: bool = True,
 ) -> EvalReport:
     """Evaluate a checkpoint directory (or a loaded model) on every case under ``data_root``.
 
     Returns an :class:`EvalReport` with per-case metrics (and re-ranked metrics when ``rerank``),
-    mAP-3 unweighted and pooled, and full rankings (for the submission CSV). Raises
+    mAP-3 unweighted and pooled, and full rankings (for the submission CSV); the cross-session,
+    VReID-XFD scorer (``leaderboard``) and per-branch (``branches``) figures when they apply.
+    ``cache_dir`` defaults to ``checkpoint_cache_dir(checkpoint)`` (the run's cache or the user cache,
+    never the dataset). Raises
     ``DatasetError`` / ``CheckpointError`` naming the path when either input is unusable.
     """
     data = load_reid_data(data_root, layout)
@@ -156,10 +185,11 @@ def evaluate_checkpoint(
         model, ckpt_name = load_checkpoint(checkpoint, device=device), str(checkpoint)
     cache = None
     if use_cache:
-        cache = DescriptorCache(cache_dir or default_cache_dir(data.root), model_fingerprint(model), data.root,
+        cache = DescriptorCache(cache_dir or checkpoint_cache_dir(checkpoint), model_fingerprint(model), data.root,
                                 embedding_settings(model, frames))
     params = RerankParams(k1, k2, lambda_value) if rerank else None
-    report = evaluate_model(model, data.cases, params, cache, frames, batch_size, num_workers, device, progress)
+    report = evaluate_model(model, data.cases, params, cache, frames, batch_size, num_workers, device, progress,
+                            leaderboard=leaderboard, branches=branches)
     report.meta.update(checkpoint=ckpt_name, data_root=str(data.root), layout=data.layout,
                        cache=str(cache.path) if cache is not None else None)
     return report

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+LOG_NAME = "log.jsonl"  # inside a training run folder
+
 
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):

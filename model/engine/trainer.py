@@ -38,7 +38,7 @@ from model.engine.datasets import ReIDData, load_reid_data, require_train, summa
 from model.engine.embedding import eval_dataset, seed_worker
 from model.engine.evaluate import default_cache_dir, embedding_settings, evaluate_model
 from model.engine.report import EvalReport
-from model.engine.runlog import RunLog
+from model.engine.runlog import LOG_NAME, RunLog
 from model.engine.schedule import WarmupStepSchedule
 from model.engine.state import (
     TrainingState,
@@ -52,7 +52,6 @@ from model.engine.train_loader import TrainLoader, build_train_loader
 from model.sasreid import SASVPReID, build_model, decays
 
 CONFIG_FILE = "train_config.json"
-LOG_FILE = "log.jsonl"
 FINAL_DIR = "final"
 ESTIMATE_AFTER = 20  # iterations timed before the run's remaining time is printed
 
@@ -136,7 +135,7 @@ class Trainer:
                  clip_weights: str | Path | None = None, resume: bool = False,
                  cache_dir: str | Path | None = None) -> None:
         """``cache_dir``: where the final evaluation caches its descriptors (default
-        ``DATA/.sasreid-cache``, shared with ``sasreid evaluate``)."""
+        ``RUN_DIR/descriptor-cache``; never the dataset folder, which may be read-only)."""
         cfg.validate()
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -150,7 +149,7 @@ class Trainer:
         self.device = torch.device(cfg.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise TrainingError("--device cuda was requested but CUDA is not available")
-        self.log = RunLog(self.run_dir / LOG_FILE)
+        self.log = RunLog(self.run_dir / LOG_NAME)
 
     # -- setup -----------------------------------------------------------------------------
     def _check_run_dir(self) -> None:
@@ -321,7 +320,7 @@ class Trainer:
         fingerprint = save_checkpoint(self.model, final, extra=self._extra(cfg.epochs))
         report = None
         if self.data.cases:
-            cache = DescriptorCache(self.cache_dir or default_cache_dir(self.data.root), fingerprint, self.data.root,
+            cache = DescriptorCache(self.cache_dir or default_cache_dir(self.run_dir), fingerprint, self.data.root,
                                     embedding_settings(self.model, cfg.eval_frames))
             report = self.evaluate(cfg.epochs, cache)
             if report is not None:

@@ -31,8 +31,11 @@ def test_cli_train_then_evaluate_uses_training_cache(easy_root: Path, tmp_path: 
                "--submission", str(sub), "--plot", str(png), "--no-progress"])
     assert rc == 0
     out = capsys.readouterr().out
-    # The final evaluation of training filled the cache for this fingerprint: nothing re-embedded.
+    # The final evaluation of training filled the run's cache (RUN_DIR/descriptor-cache), which
+    # evaluate uses by default for a checkpoint of that run: nothing re-embedded, nothing in the data.
     assert "embedded 0, from cache 27" in out
+    assert len(list((run / "descriptor-cache").glob("*.npz"))) == 1
+    assert not list(root.rglob("*.npz"))
     assert out.count("A->G  ") == 2  # one row without and one with re-ranking
     report = json.loads(js.read_text())
     assert [c["label"] for c in report["cases"]] == ["A->G", "G->A", "A->A"]

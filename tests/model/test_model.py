@@ -31,10 +31,11 @@ def test_descriptor_shape_for_every_config(name):
     x = torch.zeros(2, 3, 3, h, w, device=device)
     with torch.no_grad():
         out = model(x)
-    expected = cfg.backbone.output_dim + cfg.backbone.width + cfg.prsd.num_betas
-    assert model.descriptor_dim == expected
+    # v_i: the backbone's pooled feature (plus part stripes for the ResNet); h_M: the token width.
+    expected = model.backbone.feature_dim + model.backbone.token_dim + cfg.prsd.num_betas
+    assert model.descriptor_dim == expected == model.descriptor_layout[-1].stop
     assert tuple(out.descriptor.shape) == (2, expected)
-    assert tuple(out.feats["h"].shape) == (2, cfg.backbone.width)
+    assert tuple(out.feats["h"].shape) == (2, model.backbone.token_dim)
     assert tuple(out.betas.shape) == (2, 3, cfg.prsd.num_betas)
 
 
