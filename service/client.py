@@ -231,7 +231,14 @@ class SasreidClient:
 
 
 def _quote(value: str) -> str:
+    """One URL path segment for an id: every reserved character percent-encoded.
+
+    "." and ".." cannot be sent at all: URL libraries (httpx included) resolve them as dot
+    segments, so the request would reach another route. The server refuses such ids (422).
+    """
     from urllib.parse import quote
 
+    if value in (".", ".."):
+        raise ValueError(f"id {value!r} is a dot segment and cannot appear in a URL path")
     return quote(value, safe="")
 

@@ -25,6 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from index.gallery import Gallery, IndexOptions
 from index.snapshot import build_gallery, save_snapshot
@@ -44,9 +45,27 @@ class StartupError(RuntimeError):
     """The server cannot start; the message tells the user what to do."""
 
 
+# Query parameters redis-py (and other URL-configured clients) read credentials from.
+_SECRET_PARAMS = re.compile(r"(?i)(^|[&;])((?:password|passwd|pass|pwd|secret|token|auth)=)[^&;#]*")
+
+
 def redact_url(url: str) -> str:
-    """A store URL safe to log or return: any password is replaced by ``***``."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+    """A store URL safe to log or return: credentials are replaced by ``***``.
+
+    Both places a URL can carry them are covered: the userinfo (``redis://user:pw@host``,
+    ``redis://:pw@host``, or a bare token ``redis://token@host``, which keeps only the user name
+    when there is a colon) and query parameters such as ``?password=`` that redis-py accepts.
+    """
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if colon else f"***@{host}"
+    query = _SECRET_PARAMS.sub(r"\1\2***", parts.query)
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # nothing secret: the URL exactly as given
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 @dataclass

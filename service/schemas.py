@@ -9,12 +9,25 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from index.store import Record
 
-# Ids appear in URL paths (GET /tracklets/{id}): no slash, no control characters, no surrounding
-# whitespace, bounded length.
-_ID_PATTERN = r"^[^/\x00-\x1f\x7f\s](?:[^/\x00-\x1f\x7f]*[^/\x00-\x1f\x7f\s])?$"
+# Ids appear in URL paths (GET /tracklets/{id}) and must come back unchanged through any URL
+# library: no slash or backslash (WHATWG parsers, so browsers and many proxies, read "\\" as "/"),
+# no control characters, no surrounding whitespace, and not the dot segments "." or "..", which
+# clients remove from a path before sending it. Written without look-ahead so the OpenAPI pattern
+# is the same regex in every language: one char (not a dot), two chars (not both dots), or more.
+_ANY = r"[^/\\\x00-\x1f\x7f]"
+_EDGE = r"[^/\\\x00-\x1f\x7f\s]"
+_EDGE_NOT_DOT = r"[^./\\\x00-\x1f\x7f\s]"
+_ID_PATTERN = rf"^(?:{_EDGE_NOT_DOT}|{_EDGE_NOT_DOT}{_EDGE}|\.{_EDGE_NOT_DOT}|{_EDGE}{_ANY}+{_EDGE})$"
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_ID_PATTERN)]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=_ID_PATTERN)]
 Platform = Literal["aerial", "ground"]
+
+# Upper bounds of the integers the API takes. Without them a number beyond int64 reached the
+# store (SQLite OverflowError, Redis "value is not an integer or out of range") as a 500.
+MAX_OFFSET = 1_000_000_000  # far beyond any gallery; offset + limit stays inside int64
+MAX_TOP_K = 10_000  # the schema's bound; settings.max_top_k (<= this) is the served one
+MAX_RERANK_K = 1000  # k1, k2 and the neighbour graph's k
+MAX_NUM_FRAMES = 1_000_000
 
 
 def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
@@ -113,7 +126,7 @@ class BatchRecordIn(BaseModel):
     platform: Platform | None = None
     session: Label | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
-    num_frames: int = Field(0, ge=0, description="frames the descriptor was computed from (informational)")
+    num_frames: int = Field(0, ge=0, le=MAX_NUM_FRAMES, description="frames the descriptor was computed from (informational)")
 
     @field_validator("metadata")
     @classmethod
@@ -160,10 +173,14 @@ class QueryOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    top_k: int = Field(10, ge=1, description="identities to return")
+    top_k: int = Field(10, ge=1, le=MAX_TOP_K, description="identities to return (at most the server's max_top_k)")
     rerank: bool = Field(False, description="k-reciprocal re-ranking inside the candidate set")
-    k1: int | None = Field(None, ge=1, description="re-ranking k1 (default from settings)")
-    k2: int | None = Field(None, ge=1, description="re-ranking k2 (default from settings)")
+    k1: int | None = Field(
+        None, ge=1, le=MAX_RERANK_K, description="re-ranking k1 (default from settings; at most graph_k)"
+    )
+    k2: int | None = Field(
+        None, ge=1, le=MAX_RERANK_K, description="re-ranking k2 (default from settings; at most graph_k + 1)"
+    )
     lambda_value: float | None = Field(
         None, alias="lambda", ge=0.0, le=1.0, description="re-ranking lambda (default from settings)"
     )

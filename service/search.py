@@ -69,9 +69,18 @@ def build_rerank(options: QueryOptions, settings: Settings) -> RerankParams | No
         raise ApiError(
             422, "invalid_rerank", f"k1={k1} exceeds the gallery neighbour graph's k={settings.graph_k}", field="k1"
         )
+    k2 = options.k2 if options.k2 is not None else settings.rerank_k2
+    # k2 averages over a row's neighbour list, which holds graph_k neighbours and the row itself.
+    if k2 > settings.graph_k + 1:
+        raise ApiError(
+            422,
+            "invalid_rerank",
+            f"k2={k2} exceeds the gallery neighbour graph's k + 1 = {settings.graph_k + 1}",
+            field="k2",
+        )
     return RerankParams(
         k1=k1,
-        k2=options.k2 if options.k2 is not None else settings.rerank_k2,
+        k2=k2,
         lambda_value=options.lambda_value if options.lambda_value is not None else settings.rerank_lambda,
     )
 

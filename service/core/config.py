@@ -54,10 +54,11 @@ class Settings(BaseSettings):
     graph_k: int = Field(
         30,
         ge=0,
+        le=1000,
         description="neighbours per gallery item in the re-ranking graph; 0 disables re-ranking (building "
         "the graph costs O(N^2): minutes at start-up for a 100k gallery on 2 CPU cores)",
     )
-    search_candidates: int = Field(200, ge=1, description="tracklets taken from the index per query")
+    search_candidates: int = Field(200, ge=1, le=100_000, description="tracklets taken from the index per query")
 
     # ---- server ------------------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -74,7 +75,8 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
     max_pixels: int = Field(4096 * 4096, ge=64 * 64, description="width*height limit per frame")
     max_batch_records: int = Field(20_000, ge=1, description="records per POST /tracklets/batch request")
-    max_top_k: int = Field(1000, ge=1)
+    # Upper bounds match the API schema's (service.schemas.MAX_TOP_K / MAX_RERANK_K).
+    max_top_k: int = Field(1000, ge=1, le=10_000)
     max_metadata_bytes: int = Field(64 * 1024, ge=256)
 
     # ---- micro-batching ----------------------------------------------------------------------
@@ -82,8 +84,8 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5.0, ge=0.0, le=1000.0, description="how long a batch waits to fill up")
 
     # ---- re-ranking defaults -----------------------------------------------------------------
-    rerank_k1: int = Field(20, ge=1)
-    rerank_k2: int = Field(6, ge=1)
+    rerank_k1: int = Field(20, ge=1, le=1000)
+    rerank_k2: int = Field(6, ge=1, le=1000)
     rerank_lambda: float = Field(0.3, ge=0.0, le=1.0)
 
     @field_validator("read_keys", "write_keys", mode="before")
@@ -102,6 +104,8 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.graph_k and self.rerank_k1 > self.graph_k:
             raise ValueError(f"rerank_k1={self.rerank_k1} must not exceed graph_k={self.graph_k}")
+        if self.graph_k and self.rerank_k2 > self.graph_k + 1:
+            raise ValueError(f"rerank_k2={self.rerank_k2} must not exceed graph_k + 1 = {self.graph_k + 1}")
         if self.max_frame_bytes > self.max_request_bytes:
             raise ValueError("max_frame_bytes must not exceed max_request_bytes")
         return self

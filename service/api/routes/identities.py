@@ -11,6 +11,7 @@ from service.api.deps import ReadAccess, ReadyRuntime, WriteAccess
 from service.core.errors import ApiError
 from service.enrollment import delete_identity
 from service.schemas import (
+    MAX_OFFSET,
     ErrorBody,
     IdentityDeleted,
     IdentityOut,
@@ -33,7 +34,7 @@ def _not_found(identity: str) -> ApiError:
 async def list_identities(
     _: ReadAccess,
     runtime: ReadyRuntime,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> IdentityPage:
     page, total = await run_in_threadpool(runtime.store.list_identities, offset, limit)
