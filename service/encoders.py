@@ -63,12 +63,21 @@ class Encoder(Protocol):
         ...
 
 
+def sampled_indices(num_frames: int, spec: InputSpec) -> list[int]:
+    """Which of a tracklet's ``num_frames`` frames the model sees, in order (repeats allowed)."""
+    if num_frames == 0:
+        raise ValueError("a tracklet needs at least one frame")
+    return [int(i) for i in even_indices(num_frames, spec.eval_frames).tolist()]
+
+
+def images_to_input(picked: Sequence[Image.Image], spec: InputSpec) -> np.ndarray:
+    """Already sampled PIL frames -> float32 ``[T, 3, H, W]`` model input."""
+    return images_to_tensor(picked, spec.size, spec.mean, spec.std).numpy()
+
+
 def prepare_tracklet(images: Sequence[Image.Image], spec: InputSpec) -> np.ndarray:
     """One tracklet's PIL frames (time order) -> float32 ``[T, 3, H, W]`` model input."""
-    if len(images) == 0:
-        raise ValueError("a tracklet needs at least one frame")
-    picked = [images[i] for i in even_indices(len(images), spec.eval_frames).tolist()]
-    return images_to_tensor(picked, spec.size, spec.mean, spec.std).numpy()
+    return images_to_input([images[i] for i in sampled_indices(len(images), spec)], spec)
 
 
 class TorchEncoder:

@@ -55,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from index.store import InvalidRecord, StoreError, open_store
     from model import CheckpointError
     from service.core.errors import ApiError
-    from service.encoders import TorchEncoder, prepare_tracklet
-    from service.images import FrameLimits, decode_frame
+    from service.encoders import TorchEncoder
+    from service.images import FrameLimits, decode_tracklet
     from service.runtime import redact_url
 
     if args.batch_size < 1:
@@ -106,8 +106,10 @@ def run(args: argparse.Namespace) -> int:
                     continue
                 if missing:
                     continue  # the outcome is decided; only count what is missing
-                images = [decode_frame(data, f"{tracklet_id}[{i}]", limits) for i, data in enumerate(frames)]
-                x = prepare_tracklet(images, encoder.input_spec)
+                # The server's decoding path, so a re-embedded tracklet gets the descriptor an
+                # upload of the same frames would.
+                named = [(f"{tracklet_id}[{i}]", data) for i, data in enumerate(frames)]
+                x = decode_tracklet(named, limits, encoder.input_spec)
                 pending = by_shape.setdefault(x.shape, _Pending([], []))
                 pending.tracklet_ids.append(tracklet_id)
                 pending.inputs.append(x)

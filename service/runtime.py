@@ -19,13 +19,18 @@ index and miss the others' writes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
 
 from index.gallery import Gallery, IndexOptions
 from index.snapshot import build_gallery, save_snapshot
@@ -33,7 +38,7 @@ from index.store import Store, StoreError, open_store
 from service.batching import MicroBatcher
 from service.core.config import Settings
 from service.encoders import Encoder, make_encoder
-from service.images import FrameLimits, install_pil_guard
+from service.images import FrameLimits, decode_tracklet, install_pil_guard
 from service.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -85,9 +90,21 @@ class Runtime:
     def ready(self) -> bool:
         return self.phase == "ready" and self.gallery is not None
 
+    def __post_init__(self) -> None:
+        # Bounds how many requests decode frames at once (decoding is CPU- and memory-heavy); the
+        # others wait on the event loop without holding a worker thread.
+        self._decode_slots = asyncio.Semaphore(self.settings.max_concurrent_decodes)
+
     @property
     def frame_limits(self) -> FrameLimits:
-        return FrameLimits(self.settings.max_frame_bytes, self.settings.max_pixels)
+        s = self.settings
+        return FrameLimits(s.max_frame_bytes, s.max_pixels, s.max_request_pixels)
+
+    async def decode(self, frames: Sequence[tuple[str, bytes]]) -> np.ndarray:
+        """Validate and decode uploaded frames into the model input, in a worker thread, once a
+        decode slot is free."""
+        async with self._decode_slots:
+            return await run_in_threadpool(decode_tracklet, frames, self.frame_limits, self.encoder.input_spec)
 
     @property
     def store_url(self) -> str:

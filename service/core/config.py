@@ -6,9 +6,10 @@ arguments and so take precedence. Lists of keys are comma-separated.
 
 Input limits are sized for person crops: far-distance crops are tens of pixels high and even
 close-range ground crops rarely exceed 1000x500, so the defaults (2 MB and 16 megapixels per
-frame, 64 frames per tracklet, 64 MB per request) leave ample headroom while bounding the memory a
-single request can make the server spend (64 frames x 16 Mpx x 3 bytes is ~3 GB worst case only if
-every frame is at the limit; the decoded frame is resized to the model's input size immediately).
+frame, 64 frames per tracklet, 64 MB per request) leave ample headroom. Memory per request stays
+near one decoded frame: frames are decoded one at a time (JPEGs at reduced scale when far above the
+model's input size) and shrunk at once, ``max_request_pixels`` bounds the decoding work of one
+request, and at most ``max_concurrent_decodes`` requests decode at a time.
 """
 
 from __future__ import annotations
@@ -74,6 +75,15 @@ class Settings(BaseSettings):
     max_frame_bytes: int = Field(2 * 1024 * 1024, ge=1024)
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
     max_pixels: int = Field(4096 * 4096, ge=64 * 64, description="width*height limit per frame")
+    max_request_pixels: int = Field(
+        128 * 1024 * 1024,
+        ge=64 * 64,
+        description="decoded pixels per request, all frames together (JPEGs far above the model's input "
+        "size count at their reduced decoding scale); checked from the headers before decoding",
+    )
+    max_concurrent_decodes: int = Field(
+        2, ge=1, le=64, description="requests decoding frames at once; the others wait their turn"
+    )
     max_batch_records: int = Field(20_000, ge=1, description="records per POST /tracklets/batch request")
     # Upper bounds match the API schema's (service.schemas.MAX_TOP_K / MAX_RERANK_K).
     max_top_k: int = Field(1000, ge=1, le=10_000)

@@ -225,3 +225,18 @@ def test_stats_never_shows_a_query_password(
     stats = httpx.get(f"{server.url}/stats", headers=READ, timeout=30)
     assert stats.status_code == 200, stats.text
     assert "hunter2" not in stats.text and stats.json()["store"].endswith("?password=***")
+
+
+# ---- 1. decoded pixels per request ----------------------------------------------------------------
+def test_decoded_pixels_per_request_are_capped_before_decoding(live: Live) -> None:
+    """Nine 4000x4000 PNG headers (each within max_pixels) would decode to 144 Mpx, above the
+    default 128 Mpx per request: refused from the headers alone (their pixel data is not even
+    valid, so any decoding would have failed as corrupt_image instead)."""
+    from tests.service.test_bad_inputs import png_header_only
+
+    frames = [("frames", (f"{i}.png", png_header_only(4000, 4000), "image/png")) for i in range(9)]
+    response = httpx.post(f"{live.url}/query", files=frames, headers=READ, timeout=60)
+    assert _rejected(response, error="too_many_pixels")["field"] == "frames"
+    # Eight of them fit the budget and reach decoding, which then finds them corrupt.
+    response = httpx.post(f"{live.url}/query", files=frames[:8], headers=READ, timeout=60)
+    _rejected(response, error="corrupt_image")

@@ -20,7 +20,6 @@ from service.api.forms import (
     read_json,
 )
 from service.core.errors import ApiError
-from service.images import decode_tracklet
 from service.runtime import Runtime
 from service.schemas import ErrorBody, QueryByTracklet, QueryOptions, QueryResponse, Timings
 from service.search import plan_search, run_search
@@ -98,9 +97,7 @@ async def query(request: Request, _: ReadAccess, runtime: ReadyRuntime) -> Query
         check_frame_count(body.frames, s.max_frames_per_tracklet)
         plan = plan_search(options, s, options.query_camera)
         t0 = time.perf_counter()
-        frames = await run_in_threadpool(
-            decode_tracklet, [(f.name, f.data) for f in body.frames], runtime.frame_limits, runtime.encoder.input_spec
-        )
+        frames = await runtime.decode([(f.name, f.data) for f in body.frames])
         t1 = time.perf_counter()
         descriptor = await runtime.batcher.embed(frames)
         decode_ms, embed_ms = (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3

@@ -31,7 +31,6 @@ from service.enrollment import (
     descriptor_content_hash,
     frames_content_hash,
 )
-from service.images import decode_tracklet
 from service.runtime import Runtime
 from service.schemas import BatchRecordIn, BatchResult, EnrollFields, ErrorBody, TrackletDeleted, TrackletOut
 
@@ -90,12 +89,7 @@ async def enroll(request: Request, response: Response, _: WriteAccess, runtime: 
         if stored is not None:
             response.status_code = 200
             return TrackletOut.from_record(stored)
-    frames = await run_in_threadpool(
-        decode_tracklet,
-        [(f.name, f.data) for f in body.frames],
-        runtime.frame_limits,
-        runtime.encoder.input_spec,
-    )
+    frames = await runtime.decode([(f.name, f.data) for f in body.frames])
     descriptor = await runtime.batcher.embed(frames)
     record = Record(
         tracklet_id=fields.tracklet_id or uuid.uuid4().hex,
