@@ -34,24 +34,52 @@ def _decode(path: Path, size: tuple[int, int]) -> np.ndarray:
 class FrameCache:
     """Decoded, resized frames (uint8) kept in memory up to ``max_bytes``, so each file is read
     and resized once per run instead of once per epoch. Past the budget frames are decoded as
-    before; the cache never changes what a frame looks like."""
+    before; the cache never changes what a frame looks like.
+
+    Frames of one size live in slabs of ``SLAB_FRAMES`` slots (one allocation each) rather than
+    one small array per frame: ten thousand long-lived 24 KB arrays interleaved with a training
+    step's transient buffers fragment glibc's heap, and the step time of a CPU run measured here
+    doubled over 15 epochs with most of the extra time in ``_int_malloc``.
+    """
+
+    SLAB_FRAMES = 512
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._frames: dict[tuple[Path, tuple[int, int]], np.ndarray] = {}
+        self._slot: dict[tuple[Path, tuple[int, int]], int] = {}  # (path, size) -> slot of its size
+        self._slabs: dict[tuple[int, ...], list[np.ndarray]] = {}  # frame shape -> slabs
+        self._used: dict[tuple[int, ...], int] = {}  # frame shape -> slots filled
 
     def __len__(self) -> int:
-        return len(self._frames)
+        return len(self._slot)
+
+    def _frame(self, shape: tuple[int, ...], slot: int) -> np.ndarray:
+        return self._slabs[shape][slot // self.SLAB_FRAMES][slot % self.SLAB_FRAMES]
+
+    def _store(self, array: np.ndarray) -> int | None:
+        """Copy ``array`` into a free slot of its shape; None when over budget."""
+        if self.bytes + array.nbytes > self.max_bytes:
+            return None
+        shape = array.shape
+        slot = self._used.get(shape, 0)
+        slabs = self._slabs.setdefault(shape, [])
+        if slot // self.SLAB_FRAMES == len(slabs):
+            slabs.append(np.empty((self.SLAB_FRAMES, *shape), dtype=np.uint8))
+        self._used[shape] = slot + 1
+        self._frame(shape, slot)[...] = array
+        self.bytes += array.nbytes
+        return slot
 
     def load(self, path: Path, size: tuple[int, int]) -> torch.Tensor:
         key = (path, size)
-        array = self._frames.get(key)
-        if array is None:
-            array = _decode(path, size)
-            if self.bytes + array.nbytes <= self.max_bytes:
-                self._frames[key] = array
-                self.bytes += array.nbytes
+        slot = self._slot.get(key)
+        if slot is not None:
+            return to_unit_tensor(self._frame((*size, 3), slot))
+        array = _decode(path, size)
+        slot = self._store(array)
+        if slot is not None:
+            self._slot[key] = slot
         return to_unit_tensor(array)
 
 

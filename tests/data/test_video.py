@@ -116,3 +116,24 @@ def test_frame_cache_reads_each_file_once_and_changes_nothing(tmp_path) -> None:
         torch.testing.assert_close(a, b)
         if p.exists():
             torch.testing.assert_close(a, load_frame(p, (8, 4)))
+
+
+def test_frame_cache_slabs_hold_frames_of_each_size_intact(tmp_path, monkeypatch) -> None:
+    """Frames share a few slab allocations per size (not one array each) and come back unchanged,
+    whatever the mix of sizes asked for."""
+    from model.data.video import FrameCache
+
+    monkeypatch.setattr(FrameCache, "SLAB_FRAMES", 4)
+    paths = []
+    for i in range(10):
+        p = tmp_path / f"g{i}.png"
+        Image.fromarray(np.random.default_rng(10 + i).integers(0, 255, (16, 8, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    cache = FrameCache(max_bytes=1 << 20)
+    sizes = [(8, 4), (12, 6)]
+    first = {(p, s): cache.load(p, s) for p in paths for s in sizes}
+    assert len(cache) == 20 and cache.bytes == 10 * (8 * 4 * 3 + 12 * 6 * 3)
+    assert [len(cache._slabs[(*s, 3)]) for s in sizes] == [3, 3]  # ceil(10 / 4) slabs per size
+    for (p, s), frame in first.items():
+        torch.testing.assert_close(cache.load(p, s), frame)
+        torch.testing.assert_close(frame, load_frame(p, s))
