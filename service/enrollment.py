@@ -78,7 +78,9 @@ def _store_call(runtime: Runtime, what: str, fn: Any, *args: Any) -> Any:
     except _DEFINITE:
         raise
     except StoreError as exc:
-        runtime.mark_dirty(f"{what} failed with an unknown outcome: {exc}")
+        # A failed commit (disk full, lock timeout, lost connection) is rolled back by the store,
+        # but the index is reconciled with the store anyway: cheap, and it never trusts a guess.
+        runtime.mark_dirty(f"{what} failed: {exc}")
         raise
 
 

@@ -65,3 +65,18 @@ class StoreUnavailable(StoreError):
 
 class SchemaVersionError(StoreError):
     """The database was written by a newer (or unknown) schema version of this package."""
+
+
+class StoreFull(StoreError):
+    """The store has no room for the write: disk full (SQLite ``SQLITE_FULL``), Redis over its
+    ``maxmemory`` (OOM). Nothing of the failed write was applied."""
+
+
+class StoreReadOnly(StoreUnavailable):
+    """The store refuses writes: a read-only database file or a Redis read-only replica, or Redis
+    refusing writes because it cannot persist (MISCONF). Reads still work."""
+
+
+class StoreBusy(StoreUnavailable):
+    """Another connection held the database lock longer than the busy timeout (``database is
+    locked``); retrying later may succeed."""

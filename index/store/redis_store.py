@@ -34,8 +34,8 @@ import numpy as np
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.exceptions import WatchError
 from redis.retry import Retry
 
 from index.store.base import (
@@ -54,6 +54,8 @@ from index.store.errors import (
     InvalidRecord,
     SchemaVersionError,
     StoreError,
+    StoreFull,
+    StoreReadOnly,
     StoreUnavailable,
     TrackletNotFound,
 )
@@ -168,6 +170,17 @@ class RedisStore(Store):
             yield
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise StoreUnavailable(f"redis at {self.url} is unavailable: {exc}") from exc
+        except OutOfMemoryError as exc:
+            # MULTI/EXEC with a refused command is discarded whole: nothing was applied.
+            raise StoreFull(f"redis at {self.url} is over its maxmemory and refuses writes: {exc}") from exc
+        except ReadOnlyError as exc:
+            raise StoreReadOnly(f"redis at {self.url} is a read-only replica: {exc}") from exc
+        except ResponseError as exc:
+            if "MISCONF" in str(exc):
+                raise StoreReadOnly(
+                    f"redis at {self.url} refuses writes because it cannot persist (MISCONF): {exc}"
+                ) from exc
+            raise StoreError(f"redis at {self.url} refused the command: {exc}") from exc
 
     def _transact(self, body: Callable[[Any], T]) -> T:
         """Run ``body(pipe)`` (WATCH, read, MULTI, queue, EXEC) until no watched key changed under it."""

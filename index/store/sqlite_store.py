@@ -35,7 +35,15 @@ from index.store.base import (
     resolve_existing,
     with_int_id,
 )
-from index.store.errors import SchemaVersionError, StoreError, TrackletNotFound
+from index.store.errors import (
+    SchemaVersionError,
+    StoreBusy,
+    StoreError,
+    StoreFull,
+    StoreReadOnly,
+    StoreUnavailable,
+    TrackletNotFound,
+)
 from index.store.record import (
     Record,
     descriptor_from_bytes,
@@ -71,6 +79,12 @@ CREATE TABLE IF NOT EXISTS frames (
     PRIMARY KEY (int_id, seq)
 );
 """
+
+# SQLite primary result codes (sqlite3 exposes them as constants only from Python 3.11).
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+_SQLITE_READONLY = 8
+_SQLITE_FULL = 13
 
 _COLUMNS = (
     "int_id, tracklet_id, identity, camera, platform, session, num_frames, metadata, created_at, "
@@ -123,25 +137,33 @@ class SQLiteStore(Store):
             try:
                 self.store._check_open()
                 self.store._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                self.store._lock.release()
+                raise self.store._translated(exc) from exc
             except BaseException:
                 self.store._lock.release()
                 raise
             return self.store._conn
 
-        def __exit__(self, exc_type: type[BaseException] | None, exc: object, tb: object) -> None:
+        def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
             conn = self.store._conn
             try:
                 if exc_type is None:
                     try:
                         conn.execute("COMMIT")
-                    except BaseException:
+                    except sqlite3.Error as commit_exc:
                         # A failed COMMIT (disk full, I/O error) can leave the transaction open;
                         # close it so the next call does not run inside it.
                         if conn.in_transaction:
                             conn.execute("ROLLBACK")
-                        raise
+                        raise self.store._translated(commit_exc) from commit_exc
                 else:
-                    conn.execute("ROLLBACK")
+                    # SQLite may already have rolled back by itself (SQLITE_FULL can do that); a
+                    # second ROLLBACK would raise and hide the real error.
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    if isinstance(exc, sqlite3.Error):
+                        raise self.store._translated(exc) from exc
             finally:
                 self.store._lock.release()
 
@@ -155,7 +177,27 @@ class SQLiteStore(Store):
     def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         with self._lock:
             self._check_open()
-            return self._conn.execute(sql, params).fetchall()
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise self._translated(exc) from exc
+
+    def _translated(self, exc: sqlite3.Error) -> StoreError:
+        """The store error for an SQLite failure, so callers (the API) can answer 507/503 with a
+        stable code instead of a bare 500. Every failed write has been rolled back by then."""
+        code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11; else the message decides
+        primary = code & 0xFF if isinstance(code, int) else None
+        text = str(exc).lower()
+        where = f"SQLite database {self.path}: {exc}"
+        if primary == _SQLITE_FULL or "disk is full" in text:
+            return StoreFull(f"{where} (nothing of this write was stored; free disk space)")
+        if primary in (_SQLITE_BUSY, _SQLITE_LOCKED) or "database is locked" in text:
+            return StoreBusy(f"{where} (another process holds the write lock; retry later)")
+        if primary == _SQLITE_READONLY or "readonly" in text:
+            return StoreReadOnly(f"{where} (the file or its directory is not writable)")
+        if isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError:
+            return StoreUnavailable(where)  # I/O error, cannot open, corrupt file
+        return StoreError(where)
 
     @staticmethod
     def _info(conn: sqlite3.Connection) -> StoreInfo:
@@ -315,16 +357,20 @@ class SQLiteStore(Store):
         with self._lock:
             self._check_open()
             # One read transaction so the page and the total agree.
-            self._conn.execute("BEGIN")
             try:
-                page = self._conn.execute(
-                    "SELECT identity, COUNT(*) FROM tracklets GROUP BY identity ORDER BY identity "
-                    "LIMIT ? OFFSET ?",
-                    (limit, offset),
-                ).fetchall()
-                total = self._conn.execute("SELECT COUNT(DISTINCT identity) FROM tracklets").fetchone()[0]
-            finally:
-                self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN")
+                try:
+                    page = self._conn.execute(
+                        "SELECT identity, COUNT(*) FROM tracklets GROUP BY identity ORDER BY identity "
+                        "LIMIT ? OFFSET ?",
+                        (limit, offset),
+                    ).fetchall()
+                    total = self._conn.execute("SELECT COUNT(DISTINCT identity) FROM tracklets").fetchone()[0]
+                finally:
+                    if self._conn.in_transaction:
+                        self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise self._translated(exc) from exc
         return [(str(i), int(n)) for i, n in page], int(total)
 
     def count_tracklets(self) -> int:

@@ -23,7 +23,10 @@ from index.store import (
     DimensionMismatch,
     FingerprintMismatch,
     InvalidRecord,
+    StoreBusy,
     StoreError,
+    StoreFull,
+    StoreReadOnly,
     StoreUnavailable,
     TrackletConflict,
     TrackletNotFound,
@@ -65,6 +68,9 @@ class ApiError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
+_RETRY = {"Retry-After": "1"}
+
+
 def from_store_error(exc: StoreError) -> ApiError:
     """The API answer for a store exception."""
     if isinstance(exc, TrackletNotFound):
@@ -77,8 +83,16 @@ def from_store_error(exc: StoreError) -> ApiError:
         return ApiError(422, "dimension_mismatch", str(exc), field="descriptor")
     if isinstance(exc, InvalidRecord):
         return ApiError(422, "invalid_record", str(exc))
+    # Write failures of the store answer 507/503 with their own codes: the client can tell "no room"
+    # (free space, then retry) from "try again later"; nothing of the failed write was stored.
+    if isinstance(exc, StoreFull):
+        return ApiError(507, "store_full", f"the gallery store has no room for this write: {exc}")
+    if isinstance(exc, StoreReadOnly):
+        return ApiError(503, "store_read_only", f"the gallery store refuses writes: {exc}", headers=_RETRY)
+    if isinstance(exc, StoreBusy):
+        return ApiError(503, "store_busy", f"the gallery store is locked by another writer: {exc}", headers=_RETRY)
     if isinstance(exc, StoreUnavailable):
-        return ApiError(503, "store_unavailable", f"the gallery store is unavailable: {exc}")
+        return ApiError(503, "store_unavailable", f"the gallery store is unavailable: {exc}", headers=_RETRY)
     return ApiError(500, "store_error", f"gallery store error: {exc}")
 
 
