@@ -6,8 +6,10 @@
    (one gallery per case, as the protocol ranks each case's queries against its own gallery),
    enroll the case's gallery over HTTP and query every query tracklet over HTTP, with and
    without re-ranking;
-4. compute mAP / CMC from the API's answers, print them beside ``sasreid evaluate`` on the same
-   checkpoint and data, and write a CMC plot and a contact sheet of queries with their top-5.
+4. compute mAP / CMC from the API's answers (with the cross-session split: clothing-changed
+   positives, the headline, and same-outfit ones), print them beside ``sasreid evaluate`` on the
+   same checkpoint and data, and write a CMC plot and a contact sheet of same-outfit queries with
+   their top-5 answers.
 
 Every step reuses what an earlier run built (data, checkpoint, enrolled galleries).
 """
@@ -27,11 +29,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from index.metrics import evaluate_rank
+from index.metrics import RankResult, evaluate_rank, session_junk_mask
 from model.data.tracklet import Tracklet
 from service.client import SasreidClient
 
 DEMO_DIR = Path("demo")
+SHEET_ROWS_PER_CASE = 3  # same-outfit queries per case on the contact sheet
 
 
 def _free_port() -> int:
@@ -134,17 +137,33 @@ def query_all(client: SasreidClient, queries: list[Tracklet], label: str, rerank
     return ApiRanking(ids, scores)
 
 
-def metrics_from_api(ranking: ApiRanking, queries: list[Tracklet], gallery: list[Tracklet]):
-    """The evaluation protocol on the API's answers: distance = -score; a gallery tracklet the API
+def api_distances(ranking: ApiRanking, gallery: list[Tracklet]) -> np.ndarray:
+    """``[Q, G]`` distances from the API's answers: distance = -score; a gallery tracklet the API
     did not return ranks after every returned one."""
     index = {t.tracklet_id: j for j, t in enumerate(gallery)}
-    dist = np.full((len(queries), len(gallery)), np.inf)
+    dist = np.full((len(ranking.ids), len(gallery)), 1e9)
     for i, (tids, scores) in enumerate(zip(ranking.ids, ranking.scores)):
         for tid, score in zip(tids, scores):
             dist[i, index[tid]] = -score
-    dist[np.isinf(dist)] = 1e9
-    return evaluate_rank(dist, np.array([t.pid for t in queries]), np.array([t.pid for t in gallery]),
-                         np.array([t.camera for t in queries]), np.array([t.camera for t in gallery]))
+    return dist
+
+
+def metrics_from_api(ranking: ApiRanking, queries: list[Tracklet], gallery: list[Tracklet],
+                     keep: str | None = None) -> RankResult:
+    """The evaluation protocol on the API's answers; ``keep`` ("other-session" / "same-session")
+    keeps only that kind of positive (``index.metrics.session_junk_mask``)."""
+    labels = (np.array([t.pid for t in queries]), np.array([t.pid for t in gallery]),
+              np.array([t.camera for t in queries]), np.array([t.camera for t in gallery]))
+    junk = None
+    if keep is not None:
+        junk = session_junk_mask(labels[0], labels[1], [t.session for t in queries], [t.session for t in gallery], keep)
+    return evaluate_rank(api_distances(ranking, gallery), *labels, junk=junk)
+
+
+def same_outfit_queries(queries: list[Tracklet], gallery: list[Tracklet]) -> list[int]:
+    """Indices of the queries with a positive in their own session (same clothes) in ``gallery``."""
+    seen = {(t.pid, t.session) for t in gallery}
+    return [i for i, q in enumerate(queries) if q.session is not None and (q.pid, q.session) in seen]
 
 
 def contact_sheet(rows: list[tuple[Tracklet, list[Tracklet]]], path: Path, cell: tuple[int, int] = (96, 48)) -> None:
@@ -180,7 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     from model.engine.cmc_plot import plot_cmc
     from model.engine.datasets import load_reid_data
     from model.engine.evaluate import evaluate_checkpoint
-    from model.engine.report import CaseReport, EvalReport, RankMetrics
+    from model.engine.report import (
+        CLOTHING_CHANGED,
+        SAME_OUTFIT,
+        CaseReport,
+        EvalReport,
+        RankMetrics,
+        RankVariants,
+    )
 
     work: Path = args.dir
     work.mkdir(parents=True, exist_ok=True)
@@ -194,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _step("3/4 serving: enroll each case's gallery and query it over HTTP")
     (work / "gallery").mkdir(exist_ok=True)
-    cases_plain, cases_rr, sheet_rows = [], [], []
+    cases_plain, sheet_rows = [], []
     for case in data.cases:
         server = Server(ckpt, work / "gallery" / f"{case.name}.db", work / "serve.log")
         try:
@@ -207,15 +233,20 @@ def main(argv: list[str] | None = None) -> int:
             rr = query_all(client, case.query, case.label, rerank=True, top_k=top_k)
         finally:
             server.stop()
-        res_p = metrics_from_api(plain, case.query, case.gallery)
-        res_r = metrics_from_api(rr, case.query, case.gallery)
         n = len(case.query)
-        cases_plain.append(CaseReport(case.name, case.label, case.challenge_name, n, len(case.gallery),
-                                      RankMetrics.from_result(res_p, n), RankMetrics.from_result(res_r, n)))
+
+        def variants(keep: str | None, n: int = n, case=case, plain=plain, rr=rr) -> RankVariants:
+            return RankVariants(*(RankMetrics.from_result(metrics_from_api(r, case.query, case.gallery, keep), n)
+                                  for r in (plain, rr)))
+
+        std = variants(None)
+        report = CaseReport(case.name, case.label, case.challenge_name, n, len(case.gallery), std.plain, std.reranked)
+        if all(t.session is not None for t in (*case.query, *case.gallery)):
+            report.positives = {CLOTHING_CHANGED: variants("other-session"), SAME_OUTFIT: variants("same-session")}
+        cases_plain.append(report)
         by_id = {t.tracklet_id: t for t in case.gallery}
-        for i in range(min(2, n)):
+        for i in same_outfit_queries(case.query, case.gallery)[:SHEET_ROWS_PER_CASE]:
             sheet_rows.append((case.query[i], [by_id[tid] for tid in plain.ids[i][:5]]))
-        cases_rr.append(res_r)
     api_report = EvalReport(cases_plain, rerank_params={"k1": 20, "k2": 6, "lambda": 0.3},
                             meta={"source": "HTTP API answers"})
 
@@ -232,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     plot = plot_cmc(api_report, work / "cmc.png", title="SynthXFD CMC from the HTTP API (tiny model)")
     sheet = work / "top5.png"
     contact_sheet(sheet_rows, sheet)
-    print(f"CMC plot: {plot}\ncontact sheet of queries and their top-5: {sheet}")
+    correct = sum(g.pid == q.pid for q, top in sheet_rows for g in top[:5])
+    print(f"CMC plot: {plot}\ncontact sheet of {len(sheet_rows)} same-outfit queries and their top-5: {sheet} "
+          f"({correct} of {5 * len(sheet_rows)} answers are the query's identity)")
     print(f"demo finished in {time.monotonic() - t_start:.0f} s")
     return 0 if max(diffs) < 0.5 else 1
 
