@@ -240,3 +240,60 @@ def test_decoded_pixels_per_request_are_capped_before_decoding(live: Live) -> No
     # Eight of them fit the budget and reach decoding, which then finds them corrupt.
     response = httpx.post(f"{live.url}/query", files=frames[:8], headers=READ, timeout=60)
     _rejected(response, error="corrupt_image")
+
+
+# ---- 8. bulk import: an over-long array is refused while it streams ---------------------------------
+def test_over_long_batch_is_413_not_a_validation_error(live: Live) -> None:
+    body = b"[" + b",".join([b"{}"] * 20_001) + b"]"  # default max_batch_records is 20,000
+    response = httpx.post(f"{live.url}/tracklets/batch", content=body,
+                          headers={**WRITE, "Content-Type": "application/json"}, timeout=60)
+    assert _rejected(response, status=413, error="too_many_records")["field"] == "records"
+    # At the limit the records are parsed (and these are invalid): one 422 naming the first.
+    at_limit = b"[" + b",".join([b"{}"] * 20_000) + b"]"
+    response = httpx.post(f"{live.url}/tracklets/batch", content=at_limit,
+                          headers={**WRITE, "Content-Type": "application/json"}, timeout=60)
+    _rejected(response, status=422, error="invalid_request")
+
+
+def test_over_long_batch_is_refused_before_the_body_ends(live: Live) -> None:
+    """The 413 comes while the client is still sending: the server stops reading at record 20,001."""
+    import socket
+    from urllib.parse import urlparse
+
+    target = urlparse(live.url)
+    records = b"[" + b",".join([b'{"s": "a,\\"],b"}'] * 20_001) + b","  # commas inside strings do not count
+    with socket.create_connection((target.hostname, target.port), timeout=15) as sock:
+        head = (
+            "POST /tracklets/batch HTTP/1.1\r\nHost: x\r\nX-API-Key: test-write-key\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        sock.sendall(head.encode() + f"{len(records):x}\r\n".encode() + records + b"\r\n")
+        # ... and never the rest of the array nor the final chunk.
+        answer = b""
+        while b"\r\n\r\n" not in answer or b"too_many_records" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"too_many_records" in answer
+
+
+def test_array_counter_matches_json_at_every_chunking() -> None:
+    """Strings with commas, brackets, quotes and backslash runs, split at every chunk size."""
+    import random
+
+    from service.api.forms import ArrayCounter
+
+    rng = random.Random(0)
+    for _ in range(200):
+        items: list[Any] = []
+        for _ in range(rng.randint(0, 12)):
+            text = "".join(rng.choice('ab,[]{}"\\\n') for _ in range(rng.randint(0, 8)))
+            items.append(rng.choice([{"k": text, "v": [1, [2]]}, text, [text, {"x": text}], 1.5, {}]))
+        body = json.dumps(items).encode()
+        for size in (1, 2, 3, 7, 64, len(body)):
+            counter = ArrayCounter()
+            for start in range(0, len(body), size):
+                counter.feed(body[start : start + size])
+            assert (counter.separators, counter.depth, counter.in_string) == (max(len(items) - 1, 0), 0, False)

@@ -177,10 +177,11 @@ async def import_batch(request: Request, response: Response, _: WriteAccess, run
     chunks (``sasreid.client`` sends a few thousand records per request) within
     ``max_request_bytes`` and ``max_batch_records``.
     """
-    items = await read_json(request, _BATCH)
+    limit = runtime.settings.max_batch_records
+    # Counted while streaming: an over-long array is refused before it is parsed at all.
+    items = await read_json(request, _BATCH, max_items=limit)
     if not items:
         raise ApiError(422, "empty_batch", "the batch holds no records", field="records")
-    limit = runtime.settings.max_batch_records
     if len(items) > limit:
         raise ApiError(
             413, "too_many_records", f"{len(items)} records; send at most {limit} per request", field="records"
