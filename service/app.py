@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.api.body_limit import BodySizeLimitMiddleware
+from service.api.openapi import install_openapi
 from service.api.routes import identities, query, service, tracklets
 from service.core.config import Settings
 from service.core.errors import ApiError, install_error_handlers
@@ -94,6 +95,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    install_openapi(app, settings)
     install_error_handlers(app)
     app.add_exception_handler(Exception, _internal_error)
     for module in (tracklets, identities, query, service):

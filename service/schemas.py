@@ -9,15 +9,23 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from index.store import Record
 
+
 # Ids appear in URL paths (GET /tracklets/{id}) and must come back unchanged through any URL
 # library: no slash or backslash (WHATWG parsers, so browsers and many proxies, read "\\" as "/"),
 # no control characters, no surrounding whitespace, and not the dot segments "." or "..", which
 # clients remove from a path before sending it. Written without look-ahead so the OpenAPI pattern
 # is the same regex in every language: one char (not a dot), two chars (not both dots), or more.
-_ANY = r"[^/\\\x00-\x1f\x7f]"
-_EDGE = r"[^/\\\x00-\x1f\x7f\s]"
-_EDGE_NOT_DOT = r"[^./\\\x00-\x1f\x7f\s]"
-_ID_PATTERN = rf"^(?:{_EDGE_NOT_DOT}|{_EDGE_NOT_DOT}{_EDGE}|\.{_EDGE_NOT_DOT}|{_EDGE}{_ANY}+{_EDGE})$"
+def _id_pattern(forbidden: str, edge_forbidden: str) -> str:
+    any_ = f"[^{forbidden}]"
+    edge = f"[^{forbidden}{edge_forbidden}]"
+    edge_not_dot = f"[^.{forbidden}{edge_forbidden}]"
+    return rf"^(?:{edge_not_dot}|{edge_not_dot}{edge}|\.{edge_not_dot}|{edge}{any_}+{edge})$"
+
+
+_ID_PATTERN = _id_pattern(r"/\\\x00-\x1f\x7f", r"\s")
+# Ids in a URL path: anything but a slash or a dot segment. Looser than ``Identifier`` on purpose,
+# so a tracklet stored before the rules tightened can still be read and deleted (unknown ids 404).
+PATH_ID_PATTERN = _id_pattern("/", "")
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_ID_PATTERN)]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=_ID_PATTERN)]
 Platform = Literal["aerial", "ground"]
@@ -47,6 +55,11 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: ErrorDetail
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses`` of a route: each status it can answer with the error shape."""
+    return {code: {"model": ErrorBody} for code in codes}
 
 
 # ---- tracklets ---------------------------------------------------------------------------------

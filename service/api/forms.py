@@ -215,7 +215,13 @@ def multipart_body(properties: dict[str, Any], required: list[str]) -> dict[str,
             "required": True,
             "content": {
                 "multipart/form-data": {
-                    "schema": {"type": "object", "properties": properties, "required": required}
+                    # Unknown fields are refused (422), so the schema admits none.
+                    "schema": {
+                        "type": "object",
+                        "properties": properties,
+                        "required": required,
+                        "additionalProperties": False,
+                    }
                 }
             },
         }

@@ -12,6 +12,7 @@ code never needs to know which backend is in use.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -142,11 +143,43 @@ _HTTP_CODES = {
 }
 
 
-async def _http_exception(_: Request, exc: Exception) -> JSONResponse:
+def _route_methods(routes: Any) -> Iterator[tuple[Any, set[str]]]:
+    """(path regex, methods) of every route, looking inside included routers (FastAPI wraps
+    them in objects whose ``matches`` does not report a method mismatch)."""
+    for route in routes or ():
+        regex, methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is not None and methods:
+            yield regex, set(methods)
+        inner = getattr(route, "routes", None) or getattr(getattr(route, "original_router", None), "routes", None)
+        if inner:
+            yield from _route_methods(inner)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path.
+
+    Starlette's 405 names only the methods of the first route matching the path, but GET and
+    DELETE of ``/tracklets/{id}`` are two routes: its ``Allow`` said ``GET`` alone.
+    """
+    path = request.scope.get("path", "")
+    methods: set[str] = set()
+    for regex, route_methods in _route_methods(request.app.router.routes):
+        if regex.match(path):
+            methods |= route_methods
+    return sorted(methods)
+
+
+async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-    return ApiError(exc.status_code, code, message, headers=dict(exc.headers or {})).response()
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        allowed = _allowed_methods(request)
+        if allowed:
+            headers["Allow"] = ", ".join(allowed)
+            message = f"{request.method} is not allowed here; allowed: {', '.join(allowed)}"
+    return ApiError(exc.status_code, code, message, headers=headers).response()
 
 
 def install_error_handlers(app: FastAPI) -> None:

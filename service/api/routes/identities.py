@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import ReadAccess, ReadyRuntime, WriteAccess
@@ -12,17 +12,18 @@ from service.core.errors import ApiError
 from service.enrollment import delete_identity
 from service.schemas import (
     MAX_OFFSET,
-    ErrorBody,
+    PATH_ID_PATTERN,
     IdentityDeleted,
     IdentityOut,
     IdentityPage,
     IdentitySummary,
     TrackletOut,
+    error_responses,
 )
 
 router = APIRouter(prefix="/identities", tags=["identities"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 403, 404, 422, 503)}
+IdentityPath = Annotated[str, Path(min_length=1, max_length=200, pattern=PATH_ID_PATTERN)]
 MAX_PAGE = 1000
 
 
@@ -30,7 +31,12 @@ def _not_found(identity: str) -> ApiError:
     return ApiError(404, "identity_not_found", f"no tracklet of identity {identity!r} is stored", field="identity")
 
 
-@router.get("", response_model=IdentityPage, summary="List identities (paged, sorted by name)", responses=_ERRORS)
+@router.get(
+    "",
+    response_model=IdentityPage,
+    summary="List identities (paged, sorted by name)",
+    responses=error_responses(401, 422, 503),
+)
 async def list_identities(
     _: ReadAccess,
     runtime: ReadyRuntime,
@@ -43,8 +49,13 @@ async def list_identities(
     )
 
 
-@router.get("/{identity}", response_model=IdentityOut, summary="An identity and its tracklets", responses=_ERRORS)
-async def get_identity(identity: str, _: ReadAccess, runtime: ReadyRuntime) -> IdentityOut:
+@router.get(
+    "/{identity}",
+    response_model=IdentityOut,
+    summary="An identity and its tracklets",
+    responses=error_responses(401, 404, 422, 503),
+)
+async def get_identity(identity: IdentityPath, _: ReadAccess, runtime: ReadyRuntime) -> IdentityOut:
     records = await run_in_threadpool(runtime.store.get_identity, identity)
     if not records:
         raise _not_found(identity)
@@ -52,9 +63,12 @@ async def get_identity(identity: str, _: ReadAccess, runtime: ReadyRuntime) -> I
 
 
 @router.delete(
-    "/{identity}", response_model=IdentityDeleted, summary="Delete an identity's tracklets", responses=_ERRORS
+    "/{identity}",
+    response_model=IdentityDeleted,
+    summary="Delete an identity's tracklets",
+    responses=error_responses(401, 403, 404, 422, 503, 507),
 )
-async def remove_identity(identity: str, _: WriteAccess, runtime: ReadyRuntime) -> IdentityDeleted:
+async def remove_identity(identity: IdentityPath, _: WriteAccess, runtime: ReadyRuntime) -> IdentityDeleted:
     deleted = await run_in_threadpool(delete_identity, runtime, identity)
     if not deleted:
         raise _not_found(identity)

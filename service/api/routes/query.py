@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -19,29 +18,28 @@ from service.api.forms import (
     read_frames_form,
     read_json,
 )
+from service.api.openapi import form_properties
 from service.core.errors import ApiError
 from service.runtime import Runtime
-from service.schemas import ErrorBody, QueryByTracklet, QueryOptions, QueryResponse, Timings
+from service.schemas import QueryByTracklet, QueryOptions, QueryResponse, Timings, error_responses
 from service.search import plan_search, run_search
 
 router = APIRouter(tags=["query"])
 
 _BY_TRACKLET = TypeAdapter(QueryByTracklet)
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422, 503)}
-
-
-def _options_schema() -> dict[str, Any]:
-    props: dict[str, Any] = {"frames": FRAMES_PROPERTY}
-    for name, prop in QueryOptions.model_json_schema(by_alias=True)["properties"].items():
-        props[name] = prop
-    return props
-
-
+_ERRORS = error_responses(400, 401, 404, 413, 415, 422, 503)
 _OPENAPI = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {"schema": {"type": "object", "properties": _options_schema(), "required": ["frames"]}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": form_properties(QueryOptions, frames=FRAMES_PROPERTY),
+                    "required": ["frames"],
+                    "additionalProperties": False,
+                }
+            },
             "application/json": {"schema": QueryByTracklet.model_json_schema(by_alias=True)},
         },
     }

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -11,7 +9,7 @@ from service.api.deps import ReadAccess, RuntimeDep
 from service.core.errors import ApiError
 from service.metrics import PROM_CONTENT_TYPE
 from service.runtime import Runtime
-from service.schemas import ErrorBody, Health, Readiness, Stats
+from service.schemas import Health, Readiness, Stats, error_responses
 
 router = APIRouter(tags=["service"])
 
@@ -35,7 +33,7 @@ def _stats(runtime: Runtime) -> Stats:
     )
 
 
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 503)}
+_ERRORS = error_responses(401, 503)
 
 
 @router.get("/stats", response_model=Stats, summary="Gallery size and model facts", responses=_ERRORS)
@@ -52,7 +50,7 @@ async def healthz() -> Health:
     "/readyz",
     response_model=Readiness,
     summary="200 once the model is loaded and the index restored, 503 before",
-    responses={503: {"model": ErrorBody}},
+    responses=error_responses(503),
 )
 async def readyz(runtime: RuntimeDep) -> Readiness:
     if not runtime.ready:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import uuid
-from typing import Any
+from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from pydantic import TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
@@ -22,6 +22,7 @@ from service.api.forms import (
     read_frames_form,
     read_json,
 )
+from service.api.openapi import form_properties
 from service.core.errors import ApiError
 from service.enrollment import (
     accept_existing,
@@ -32,26 +33,29 @@ from service.enrollment import (
     frames_content_hash,
 )
 from service.runtime import Runtime
-from service.schemas import BatchRecordIn, BatchResult, EnrollFields, ErrorBody, TrackletDeleted, TrackletOut
+from service.schemas import (
+    PATH_ID_PATTERN,
+    BatchRecordIn,
+    BatchResult,
+    EnrollFields,
+    TrackletDeleted,
+    TrackletOut,
+    error_responses,
+)
 
 router = APIRouter(prefix="/tracklets", tags=["tracklets"])
 
 _BATCH = TypeAdapter(list[BatchRecordIn])
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422, 503)
-}
+_WRITE_ERRORS = error_responses(400, 401, 403, 409, 413, 415, 422, 503, 507)
 _ENROLL_FORM = multipart_body(
-    {
-        "frames": FRAMES_PROPERTY,
-        "identity": {"type": "string", "description": "person identity (required)"},
-        "tracklet_id": {"type": "string", "description": "your id for the tracklet; generated when absent"},
-        "camera": {"type": "string"},
-        "platform": {"type": "string", "enum": ["aerial", "ground"]},
-        "session": {"type": "string"},
-        "metadata": {"type": "string", "description": "a JSON object, stored as given"},
-    },
+    form_properties(
+        EnrollFields,
+        frames=FRAMES_PROPERTY,
+        metadata={"type": "string", "description": "a JSON object's text, stored as given"},
+    ),
     ["frames", "identity"],
 )
+TrackletPath = Annotated[str, Path(min_length=1, max_length=200, pattern=PATH_ID_PATTERN)]
 
 
 @router.post(
@@ -59,7 +63,7 @@ _ENROLL_FORM = multipart_body(
     status_code=201,
     response_model=TrackletOut,
     summary="Enroll a tracklet from its frames",
-    responses={200: {"model": TrackletOut, "description": "already stored with the same content"}, **_ERRORS},
+    responses={200: {"model": TrackletOut, "description": "already stored with the same content"}, **_WRITE_ERRORS},
     openapi_extra=_ENROLL_FORM,
 )
 async def enroll(request: Request, response: Response, _: WriteAccess, runtime: ReadyRuntime) -> TrackletOut:
@@ -166,7 +170,7 @@ def _batch_records(runtime: Runtime, items: list[BatchRecordIn]) -> list[Record]
     response_model=BatchResult,
     status_code=201,
     summary="Bulk-import precomputed descriptors",
-    responses={200: {"model": BatchResult, "description": "every record was already stored"}, **_ERRORS},
+    responses={200: {"model": BatchResult, "description": "every record was already stored"}, **_WRITE_ERRORS},
     openapi_extra=json_body({"type": "array", "items": BatchRecordIn.model_json_schema()}),
 )
 async def import_batch(request: Request, response: Response, _: WriteAccess, runtime: ReadyRuntime) -> BatchResult:
@@ -193,16 +197,26 @@ async def import_batch(request: Request, response: Response, _: WriteAccess, run
     return BatchResult(created=created, existing=len(results) - created)
 
 
-@router.get("/{tracklet_id}", response_model=TrackletOut, summary="Get a stored tracklet", responses=_ERRORS)
-async def get_tracklet(tracklet_id: str, _: ReadAccess, runtime: ReadyRuntime) -> TrackletOut:
+@router.get(
+    "/{tracklet_id}",
+    response_model=TrackletOut,
+    summary="Get a stored tracklet",
+    responses=error_responses(401, 404, 422, 503),
+)
+async def get_tracklet(tracklet_id: TrackletPath, _: ReadAccess, runtime: ReadyRuntime) -> TrackletOut:
     record = await run_in_threadpool(runtime.store.get, tracklet_id)
     if record is None:
         raise ApiError(404, "tracklet_not_found", f"no tracklet {tracklet_id!r} is stored", field="tracklet_id")
     return TrackletOut.from_record(record)
 
 
-@router.delete("/{tracklet_id}", response_model=TrackletDeleted, summary="Delete a tracklet", responses=_ERRORS)
-async def remove_tracklet(tracklet_id: str, _: WriteAccess, runtime: ReadyRuntime) -> TrackletDeleted:
+@router.delete(
+    "/{tracklet_id}",
+    response_model=TrackletDeleted,
+    summary="Delete a tracklet",
+    responses=error_responses(401, 403, 404, 422, 503, 507),
+)
+async def remove_tracklet(tracklet_id: TrackletPath, _: WriteAccess, runtime: ReadyRuntime) -> TrackletDeleted:
     if not await run_in_threadpool(delete_tracklet, runtime, tracklet_id):
         raise ApiError(404, "tracklet_not_found", f"no tracklet {tracklet_id!r} is stored", field="tracklet_id")
     return TrackletDeleted(tracklet_id=tracklet_id)
