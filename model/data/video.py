@@ -37,9 +37,8 @@ class FrameCache:
     before; the cache never changes what a frame looks like.
 
     Frames of one size live in slabs of ``SLAB_FRAMES`` slots (one allocation each) rather than
-    one small array per frame: ten thousand long-lived 24 KB arrays interleaved with a training
-    step's transient buffers fragment glibc's heap, and the step time of a CPU run measured here
-    doubled over 15 epochs with most of the extra time in ``_int_malloc``.
+    one small array per frame, so ten thousand long-lived 24 KB arrays are not interleaved with a
+    training step's transient buffers in the allocator's heap.
     """
 
     SLAB_FRAMES = 512
