@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from service.api.body_limit import BodySizeLimitMiddleware
 from service.api.openapi import install_openapi
 from service.api.routes import identities, query, service, tracklets
+from service.api.timeouts import BodyTimeoutMiddleware
 from service.core.config import Settings
 from service.core.errors import ApiError, install_error_handlers
 from service.metrics import MetricsMiddleware, ServiceMetrics
@@ -101,6 +102,9 @@ def create_app(
     for module in (tracklets, identities, query, service):
         app.include_router(module.router)
     # Added last = outermost: the latency histogram also times requests rejected for their size.
+    app.add_middleware(
+        BodyTimeoutMiddleware, idle_s=settings.body_idle_timeout_s, total_s=settings.body_timeout_s
+    )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

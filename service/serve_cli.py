@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn
 
+    from service.api.timeouts import header_timeout_protocol
     from service.app import create_app
     from service.core.config import ConfigError, Settings
     from service.runtime import StartupError, open_runtime
@@ -93,7 +94,15 @@ def run(args: argparse.Namespace) -> int:
             server.should_exit = True
 
     app = create_app(settings, runtime=runtime, on_fatal=on_fatal)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        # Slow clients: a request head must arrive in time (the body's limits are in the app).
+        http=header_timeout_protocol(settings.header_timeout_s),
+        timeout_keep_alive=settings.keep_alive_timeout_s,
+    )
     server = uvicorn.Server(config)
     print(
         f"sasreid serve: http://{settings.host}:{settings.port} (docs at /docs); model "

@@ -89,6 +89,14 @@ class Settings(BaseSettings):
     max_top_k: int = Field(1000, ge=1, le=10_000)
     max_metadata_bytes: int = Field(64 * 1024, ge=256)
 
+    # ---- slow clients (see service.api.timeouts) ----------------------------------------------
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="a request head (request line and headers) must arrive within this"
+    )
+    keep_alive_timeout_s: int = Field(5, ge=1, le=3600, description="idle kept-alive connections are closed after this")
+    body_idle_timeout_s: float = Field(15.0, gt=0, le=3600, description="longest gap between two chunks of a body")
+    body_timeout_s: float = Field(120.0, gt=0, le=86400, description="a whole request body must arrive within this")
+
     # ---- micro-batching ----------------------------------------------------------------------
     max_batch: int = Field(8, ge=1, description="tracklets per model call; 1 disables micro-batching")
     max_wait_ms: float = Field(5.0, ge=0.0, le=1000.0, description="how long a batch waits to fill up")
