@@ -180,3 +180,25 @@ def test_readme_commands_work_as_written(
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
         log.close()
+
+
+def _emitted_error_codes() -> set[str]:
+    """Every ``error`` code the service can answer with, read from its source."""
+    from service.core.errors import _HTTP_CODES
+
+    root = README.parent
+    codes = set(_HTTP_CODES.values()) | {"http_error"}  # http_error: the fallback for other statuses
+    pattern = re.compile(r"ApiError\(\s*(?:\d{3}|\w+)\s*,\s*\"([a-z_]+)\"")
+    for path in root.rglob("*.py"):
+        codes |= set(pattern.findall(path.read_text()))
+    return codes
+
+
+def test_readme_lists_every_error_code() -> None:
+    text = README.read_text()
+    errors = text[text.index("## Errors"): text.index("## Hardening")]
+    listed = set(re.findall(r"`([a-z]+(?:_[a-z]+)+|forbidden)`", errors))
+    emitted = _emitted_error_codes()
+    assert len(emitted) > 40  # the scan found the codes (a broken pattern would find none)
+    assert sorted(emitted - listed) == []
+    assert sorted(listed - emitted - {"max_request_pixels"}) == []  # no code listed that none emits
