@@ -58,11 +58,12 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, checkpoint: Path, store: str, log: Path, extra: list[str]) -> None:
+    def __init__(self, checkpoint: Path, store: str, log: Path, extra: list[str],
+                 settings_env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("SASREID_")}
-        env.update(OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1", SASREID_WRITE_KEYS=KEY)
+        env.update(OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1", SASREID_WRITE_KEYS=KEY, **(settings_env or {}))
         cmd = [sys.executable, "-m", "service.cli", "serve", "--checkpoint", str(checkpoint), "--store", store,
                "--port", str(self.port), "--log-level", "warning", *extra]
         self.log = log
