@@ -150,3 +150,33 @@ def test_redis_oom_and_read_only(
     finally:
         admin.replicaof("NO", "ONE")
         admin.close()
+
+
+def test_redis_misconf_is_503(
+    checkpoints: Any,
+    make_settings: Callable[..., Any],
+    thread_server: Callable[..., Any],
+    redis_server_factory: Callable[..., Any],
+    make_tracklet: Callable[..., list[tuple[str, bytes]]],
+) -> None:
+    """A real MISCONF: Redis refuses writes once a snapshot failed (here: its dump file's path is
+    a directory, as a full or broken disk would make it fail)."""
+    server_redis = redis_server_factory(appendonly=False)
+    admin = redis.Redis.from_url(server_redis.url)
+    server = thread_server(make_settings(checkpoints.a, server_redis.url))
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            assert _enroll(http, "first", make_tracklet(1)).status_code == 201
+            (server_redis.directory / "dump.rdb").mkdir()
+            admin.config_set("save", "3600 1")  # MISCONF applies only with snapshots configured
+            admin.bgsave()
+            deadline = time.monotonic() + 10
+            while admin.info("persistence")["rdb_last_bgsave_status"] != "err":
+                assert time.monotonic() < deadline, "the snapshot did not fail"
+                time.sleep(0.05)
+            detail = _error(_enroll(http, "misconf", make_tracklet(2)), 503, "store_read_only")
+            assert "MISCONF" in detail["message"]
+            assert http.get("/tracklets/first", headers=READ).status_code == 200  # reads still work
+    finally:
+        admin.config_set("save", "")
+        admin.close()
