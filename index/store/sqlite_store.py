@@ -84,6 +84,7 @@ CREATE TABLE IF NOT EXISTS frames (
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
 _SQLITE_READONLY = 8
+_SQLITE_IOERR = 10
 _SQLITE_FULL = 13
 
 _COLUMNS = (
@@ -195,8 +196,15 @@ class SQLiteStore(Store):
             return StoreBusy(f"{where} (another process holds the write lock; retry later)")
         if primary == _SQLITE_READONLY or "readonly" in text:
             return StoreReadOnly(f"{where} (the file or its directory is not writable)")
+        if primary == _SQLITE_IOERR:
+            # ENOSPC is SQLITE_FULL above; a write refused for another reason lands here (a quota,
+            # a file-size limit, a failing disk). The transaction was rolled back.
+            return StoreUnavailable(
+                f"{where} (a write to the database failed: check free space, quotas, file-size limits "
+                "and the disk; nothing of this write was stored)"
+            )
         if isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError:
-            return StoreUnavailable(where)  # I/O error, cannot open, corrupt file
+            return StoreUnavailable(where)  # cannot open, corrupt file
         return StoreError(where)
 
     @staticmethod

@@ -180,3 +180,39 @@ def test_redis_misconf_is_503(
     finally:
         admin.config_set("save", "")
         admin.close()
+
+
+def test_sqlite_write_beyond_a_file_size_limit_is_503(
+    process_server: Callable[..., Any],
+    checkpoints: Any,
+    tmp_path: Path,
+    make_tracklet: Callable[..., list[tuple[str, bytes]]],
+) -> None:
+    """The issue's case: DELETE (and enroll) on a database that cannot grow answered a bare 500.
+
+    A file-size rlimit (RLIMIT_FSIZE) on the real ``sasreid serve`` process makes every write that
+    extends a file fail (EFBIG; SQLite reports a disk I/O error, as for a quota or a failing
+    disk). Afterwards the limit is lifted and the same requests succeed."""
+    import resource
+
+    data = tmp_path / "data"
+    server = process_server(["--checkpoint", str(checkpoints.a), "--store", f"sqlite:///{data / 'g.sqlite'}"])
+    assert server.proc is not None
+    pid = server.proc.pid
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        for i in range(3):
+            assert _enroll(http, f"t{i}", make_tracklet(10 + i)).status_code == 201
+        limit = max(f.stat().st_size for f in [*data.iterdir(), server.log])
+        _, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, hard))
+        try:
+            detail = _error(http.delete("/tracklets/t0", headers=WRITE), 503, "store_unavailable")
+            assert "write to the database failed" in detail["message"]
+            _error(_enroll(http, "t9", make_tracklet(19)), 503, "store_unavailable")
+            _error(http.delete("/identities/id_t1", headers=WRITE), 503, "store_unavailable")
+        finally:
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard, hard))
+        assert http.get("/tracklets/t0", headers=READ).status_code == 200  # the delete did not happen
+        assert http.delete("/tracklets/t0", headers=WRITE).status_code == 200
+        stats = _in_sync(http)
+        assert stats["tracklets"] == stats["indexed_tracklets"] == 2
