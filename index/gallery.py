@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import faiss
 import numpy as np
 
+from index.rerank import RerankParams
 from index.store import DimensionMismatch, Record
 
 if TYPE_CHECKING:
@@ -170,23 +171,6 @@ class SearchFilter:
             and (self.exclude_camera is None or entry.camera != self.exclude_camera)
             and entry.identity not in self.exclude_identities
         )
-
-
-@dataclass(frozen=True)
-class RerankParams:
-    """k-reciprocal re-ranking parameters (Zhong et al. 2017 defaults); ``k1`` <= the graph's k."""
-
-    k1: int = 20
-    k2: int = 6
-    lambda_value: float = 0.3
-
-    def __post_init__(self) -> None:
-        for name in ("k1", "k2"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"RerankParams.{name} must be an int >= 1, got {value!r}")
-        if not (0.0 <= self.lambda_value <= 1.0):
-            raise ValueError(f"RerankParams.lambda_value must be in [0, 1], got {self.lambda_value!r}")
 
 
 @dataclass(frozen=True)

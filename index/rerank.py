@@ -32,6 +32,38 @@ import numpy as np
 import torch
 
 
+@dataclass(frozen=True)
+class RerankParams:
+    """k-reciprocal re-ranking parameters: the one place their defaults are set (``sasreid
+    evaluate``, the evaluator and the service's settings read them from here).
+
+    The defaults are chosen by validation on real images (bench/RESULTS.md, "Accuracy on real
+    images (PETA-dev)"): galleries there hold one or two tracklets per identity, and a k1 larger
+    than that pulls other identities into every k-reciprocal set. ``RerankParams.paper()`` gives
+    Zhong et al.'s k1 = 20, k2 = 6, lambda = 0.3. In the service, ``k1`` <= the graph's k.
+    """
+
+    k1: int = 20
+    k2: int = 6
+    lambda_value: float = 0.3
+
+    def __post_init__(self) -> None:
+        for name in ("k1", "k2"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"RerankParams.{name} must be an int >= 1, got {value!r}")
+        if not (0.0 <= self.lambda_value <= 1.0):
+            raise ValueError(f"RerankParams.lambda_value must be in [0, 1], got {self.lambda_value!r}")
+
+    @classmethod
+    def paper(cls) -> RerankParams:
+        """Zhong et al. (CVPR 2017): k1 = 20, k2 = 6, lambda = 0.3."""
+        return cls(k1=20, k2=6, lambda_value=0.3)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"k1": self.k1, "k2": self.k2, "lambda": self.lambda_value}
+
+
 def _spend_csr_beta_warning() -> None:
     """Query expansion is one sparse CSR product; torch warns once per process that CSR tensors
     are beta. Spend that one warning here, silenced, rather than in callers' logs."""

@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from index.metrics import RankResult, evaluate_rank, session_junk_mask
+from index.rerank import RerankParams
 from model.data.tracklet import Tracklet
 from service.client import SasreidClient
 
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         by_id = {t.tracklet_id: t for t in case.gallery}
         for i in same_outfit_queries(case.query, case.gallery)[:SHEET_ROWS_PER_CASE]:
             sheet_rows.append((case.query[i], [by_id[tid] for tid in plain.ids[i][:5]]))
-    api_report = EvalReport(cases_plain, rerank_params={"k1": 20, "k2": 6, "lambda": 0.3},
+    api_report = EvalReport(cases_plain, rerank_params=RerankParams().to_dict(),
                             meta={"source": "HTTP API answers"})
 
     _step("4/4 results")

@@ -21,13 +21,12 @@ any number of calls); ``evaluate()`` ranks every case's queries against its gall
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from index.metrics import evaluate_rank, evaluate_ranking_vreid_xfd, session_junk_mask
-from index.rerank import k_reciprocal
+from index.rerank import RerankParams, k_reciprocal
 from model.data import Tracklet
 from model.engine.datasets import EvalCase, tracklet_key
 from model.engine.report import (
@@ -43,18 +42,6 @@ from model.sasreid import DescriptorPart
 
 # The session kept as positives by each kind of positive (index.metrics.session_junk_mask's ``keep``).
 _KIND_KEEPS: dict[str, str] = {CLOTHING_CHANGED: "other-session", SAME_OUTFIT: "same-session"}
-
-
-@dataclass(frozen=True)
-class RerankParams:
-    """k-reciprocal re-ranking parameters (Zhong et al. 2017 defaults)."""
-
-    k1: int = 20
-    k2: int = 6
-    lambda_value: float = 0.3
-
-    def to_dict(self) -> dict[str, float]:
-        return {"k1": self.k1, "k2": self.k2, "lambda": self.lambda_value}
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:

@@ -20,6 +20,10 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from index.rerank import RerankParams
+
+_RERANK = RerankParams()  # the project's re-ranking defaults
+
 Backend = Literal["torch", "onnx"]
 Device = Literal["cpu", "cuda"]
 IndexKind = Literal["flat", "ivf", "hnsw"]
@@ -101,10 +105,10 @@ class Settings(BaseSettings):
     max_batch: int = Field(8, ge=1, description="tracklets per model call; 1 disables micro-batching")
     max_wait_ms: float = Field(5.0, ge=0.0, le=1000.0, description="how long a batch waits to fill up")
 
-    # ---- re-ranking defaults -----------------------------------------------------------------
-    rerank_k1: int = Field(20, ge=1, le=1000)
-    rerank_k2: int = Field(6, ge=1, le=1000)
-    rerank_lambda: float = Field(0.3, ge=0.0, le=1.0)
+    # ---- re-ranking defaults (index.rerank.RerankParams: chosen by validation) -------------------
+    rerank_k1: int = Field(_RERANK.k1, ge=1, le=1000)
+    rerank_k2: int = Field(_RERANK.k2, ge=1, le=1000)
+    rerank_lambda: float = Field(_RERANK.lambda_value, ge=0.0, le=1.0)
 
     @field_validator("read_keys", "write_keys", mode="before")
     @classmethod

@@ -34,6 +34,7 @@ from model.engine.evaluate_cli import add_arguments, add_rerank_arguments
 from model.engine.evaluator import ReIDEvaluator, RerankParams, stable_ranking
 from model.sasreid import DescriptorPart
 from service.cli import main
+from service.core.config import Settings
 
 MEAN = "unweighted mean of case mAPs"
 POOLED = "query-weighted (pooled) mean"
@@ -423,6 +424,10 @@ def test_rerank_defaults_come_from_rerank_params():
     args = other.parse_args([])
     assert (args.k1, args.k2, args.lambda_value) == (28, 5, 0.28)
     assert "XDG_CACHE_HOME" in parser.format_help() and "DATA/.sasreid-cache" not in parser.format_help()
+    # The service's settings and the evaluator share the defaults; the paper's stay reachable.
+    settings = Settings(auth=False)
+    assert (settings.rerank_k1, settings.rerank_k2, settings.rerank_lambda) == (p.k1, p.k2, p.lambda_value)
+    assert RerankParams.paper() == RerankParams(20, 6, 0.3)
 
 
 def write_sessions_manifest(root: Path) -> None:
