@@ -1,6 +1,6 @@
 """Tracklet-consistent augmentation (SAS-VPReID section 3.2 and 4.2).
 
-Every random parameter (flip, translation, erasing rectangle, hue shift) is drawn **once per tracklet** and
+Every random parameter (flip, translation, erasing rectangle, hue shift, colour jitter, greyscale) is drawn **once per tracklet** and
 applied identically to all of its frames, so augmentation never introduces frame-to-frame
 flicker. Frames are float tensors in ``[0, 1]`` of shape ``[T, 3, H, W]``, before
 normalisation; erased pixels are filled with ``erase_fill`` (by default the CLIP mean colour,
@@ -33,6 +33,12 @@ class AugmentConfig:
     # Random translation (the ReID "pad and random crop"): the frame is padded by this many
     # black pixels on each side and cropped back to its size at a random offset; 0 = off.
     crop_pad: int = 0
+    # Photometric jitter (torchvision ColorJitter's brightness / contrast / saturation with one
+    # factor range [1 - j, 1 + j]) with probability jitter_p, and greyscale with probability
+    # gray_p: cross-camera pairs differ in colour and exposure. 0 = off.
+    jitter_p: float = 0.0
+    jitter: float = 0.0
+    gray_p: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,9 @@ class AugmentParams:
     erase: tuple[int, int, int, int] | None
     hue: float | None
     shift: tuple[int, int] = (0, 0)
+    # (brightness, contrast, saturation) factors, or None; and whether to make the frames grey.
+    jitter: tuple[float, float, float] | None = None
+    gray: bool = False
 
 
 def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
@@ -109,6 +118,26 @@ def draw_erase_box(
     return None
 
 
+_LUMA = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)  # ITU-R 601, as torchvision's rgb_to_grayscale
+
+
+def grey(frames: torch.Tensor) -> torch.Tensor:
+    """Luma of ``[..., 3, H, W]`` repeated over the 3 channels."""
+    return (frames * _LUMA.to(frames.dtype)).sum(dim=-3, keepdim=True).expand_as(frames)
+
+
+def color_jitter(frames: torch.Tensor, brightness: float, contrast: float, saturation: float) -> torch.Tensor:
+    """torchvision's ColorJitter steps in its fixed order, on ``[T, 3, H, W]`` in [0, 1]:
+        brightness: x * b;  contrast: m + c (x - m), m = mean luma of each frame;
+        saturation: g + s (x - g), g = the frame's luma;  clamped to [0, 1] after each step.
+    """
+    out = (frames * brightness).clamp_(0.0, 1.0)
+    mean = grey(out).mean(dim=(-3, -2, -1), keepdim=True)
+    out = (mean + contrast * (out - mean)).clamp_(0.0, 1.0)
+    g = grey(out)
+    return (g + saturation * (out - g)).clamp_(0.0, 1.0)
+
+
 def translate(frames: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """Shift ``[..., H, W]`` content by ``(dy, dx)`` pixels (down, right), filling with black (0):
     the same as padding by ``|d|`` and cropping at the shifted offset."""
@@ -143,13 +172,22 @@ class TrackletAugment:
         if c.crop_pad > 0:  # drawn last, so runs without translation keep their old streams
             dy, dx = (int(v) for v in rng.integers(-c.crop_pad, c.crop_pad + 1, size=2))
             params = AugmentParams(params.flip, params.erase, params.hue, (dy, dx))
+        if c.jitter_p > 0 or c.gray_p > 0:  # drawn after the others, so their streams are unchanged
+            u_jitter, u_gray = rng.random(2)
+            factors = tuple(float(f) for f in rng.uniform(1 - c.jitter, 1 + c.jitter, size=3))
+            params = AugmentParams(params.flip, params.erase, params.hue, params.shift,
+                                   factors if u_jitter < c.jitter_p else None, bool(u_gray < c.gray_p))
         return params
 
     def apply(self, frames: torch.Tensor, params: AugmentParams) -> torch.Tensor:
         """Apply ``params`` to ``frames`` ``[T, 3, H, W]`` in [0, 1]; returns a new tensor."""
         out = frames
+        if params.jitter is not None:
+            out = color_jitter(out, *params.jitter)
         if params.hue is not None:
             out = adjust_hue(out, params.hue)
+        if params.gray:
+            out = grey(out).contiguous()
         if params.flip:
             out = torch.flip(out, dims=(-1,))
         if params.shift != (0, 0):

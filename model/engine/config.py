@@ -63,6 +63,9 @@ class TrainConfig:
     hue_p: float = 0.5  # p_c
     hue_max: float = 0.3  # h
     crop_pad: int = 0  # random translation by up to this many pixels (pad + random crop); 0 = off
+    jitter_p: float = 0.0  # brightness / contrast / saturation jitter (factors in [1 - jitter, 1 + jitter])
+    jitter: float = 0.0
+    gray_p: float = 0.0  # greyscale
     # -- model options (ablations and paper-2 options) --
     mgtm: bool = True
     prsd: bool = True
@@ -133,6 +136,8 @@ class TrainConfig:
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
             (self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}"),
             (self.frame_cache_mb >= 0, f"frame_cache_mb must be >= 0, got {self.frame_cache_mb}"),
+            (0 <= self.jitter_p <= 1 and 0 <= self.gray_p <= 1, "jitter_p and gray_p must be in [0, 1]"),
+            (0 <= self.jitter < 1, f"jitter must be in [0, 1), got {self.jitter}"),
             (self.schedule in ("step", "cosine"), f"schedule must be step|cosine, got {self.schedule!r}"),
             (self.memory_init in ("online", "centroids"), f"memory_init must be online|centroids, got {self.memory_init!r}"),
             (self.descriptor_weights is None or (len(self.descriptor_weights) == 3 and min(self.descriptor_weights) >= 0

@@ -82,6 +82,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--milestones", type=_milestones, default=None, help="lr x gamma from these epochs (paper 10,20,30)")
     g.add_argument("--gamma", type=float, default=None, help=f"lr decay factor (paper {r.gamma})")
     g.add_argument("--weight-decay", type=float, default=None, help=f"Adam weight decay (default {r.weight_decay})")
+    g.add_argument("--crop-pad", type=int, default=None, help="random translation by up to N pixels (0 = off)")
+    g.add_argument("--jitter-p", type=float, default=None,
+                   help="probability of brightness / contrast / saturation jitter per tracklet (0 = off)")
+    g.add_argument("--jitter", type=float, default=None, help="jitter factors drawn from [1 - J, 1 + J]")
+    g.add_argument("--gray-p", type=float, default=None, help="probability of a greyscale tracklet (0 = off)")
     g.add_argument("--grad-clip", type=float, default=None, help="clip the global grad norm (default: off)")
     m = parser.add_argument_group("model options and ablations")
     m.add_argument("--no-mgtm", action="store_const", const=False, default=None, help="ablation: no MGTM branch")

@@ -68,7 +68,7 @@ class TrainLoader:
 def augment_config(cfg: TrainConfig) -> AugmentConfig:
     """Flip, random erasing and hue jitter probabilities/ranges of the run."""
     return AugmentConfig(flip_p=cfg.flip_p, erase_p=cfg.erase_p, hue_p=cfg.hue_p, hue_max=cfg.hue_max,
-                         crop_pad=cfg.crop_pad)
+                         crop_pad=cfg.crop_pad, jitter_p=cfg.jitter_p, jitter=cfg.jitter, gray_p=cfg.gray_p)
 
 
 def build_train_loader(tracklets: Sequence[Tracklet], cfg: TrainConfig, model_cfg: ModelConfig,

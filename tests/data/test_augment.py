@@ -110,3 +110,25 @@ def test_crop_pad_shifts_every_frame_alike_and_stays_in_range() -> None:
     assert len(shifts) > 10
     off = TrackletAugment(AugmentConfig(crop_pad=0)).draw(np.random.default_rng(0), 16, 8)
     assert off.shift == (0, 0)
+
+
+def test_color_jitter_and_grey_are_drawn_per_tracklet_and_bounded() -> None:
+    """Jitter factors of 1 change nothing; greyscale makes the channels equal; the frames of one
+    tracklet get the same change; leaving both off keeps the other draws' streams."""
+    from model.data.augment import AugmentConfig, TrackletAugment, color_jitter, grey
+
+    frames = torch.rand(3, 3, 16, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(color_jitter(frames, 1.0, 1.0, 1.0), frames)
+    g = grey(frames)
+    assert torch.equal(g[:, 0], g[:, 1]) and torch.equal(g[:, 1], g[:, 2])
+    out = color_jitter(frames, 1.3, 0.7, 1.3)
+    assert out.min() >= 0 and out.max() <= 1 and not torch.allclose(out, frames)
+    aug = TrackletAugment(AugmentConfig(flip_p=0, erase_p=0, hue_p=0, jitter_p=1.0, jitter=0.3, gray_p=1.0))
+    params = aug.draw(np.random.default_rng(1), 16, 8)
+    assert params.jitter is not None and all(0.7 <= f <= 1.3 for f in params.jitter) and params.gray
+    same = frames[0:1].expand(3, -1, -1, -1)  # three identical frames stay identical after the change
+    res = aug.apply(same, params)
+    assert torch.equal(res[0], res[1]) and torch.equal(res[0, 0], res[0, 2])
+    base, off = AugmentConfig(crop_pad=2), AugmentConfig(crop_pad=2, jitter_p=0.0, gray_p=0.0)
+    a, b = TrackletAugment(base).draw(np.random.default_rng(3), 16, 8), TrackletAugment(off).draw(np.random.default_rng(3), 16, 8)
+    assert a == b and a.jitter is None and not a.gray
