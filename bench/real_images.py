@@ -189,6 +189,11 @@ def _summary(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _rerank_text(results: dict[str, Any]) -> str:
+    p = results.get("rerank") or RerankParams().to_dict()
+    return f"k1={p['k1']}, k2={p['k2']}, lambda={p['lambda']:g}"
+
+
 def render_section(results: dict[str, Any]) -> str:
     lines = [f"{results['machine']} The machine is shared with other jobs, so times are upper bounds; the "
              "load average (1/5/15 min) at the start and end of each part is given.", "",
@@ -196,7 +201,8 @@ def render_section(results: dict[str, Any]) -> str:
              "test cases; GRID, 3DPeS, i-LIDS, SARC3D, TownCentre training identities), no sessions, so only the "
              "standard protocol applies. Metrics in %: mAP / rank-1 per case, mAP-3 = the unweighted mean of the "
              "three case mAPs (and the query-weighted pooled mean). Evaluation: the recipe's frames per tracklet, "
-             "cosine distance; re-ranking with the `RerankParams()` defaults unless a row says otherwise.", "",
+             f"cosine distance; re-ranked rows with k-reciprocal {_rerank_text(results)} (the `RerankParams()` defaults "
+             "when the rows were measured) unless a row says otherwise.", "",
              "Reference rows from the dataset README (its own protocol implementation): random ~1.6; HSV colour "
              "histogram (4 stripes x 8 bins x 3 channels) 2.9 / 4.9 / 15.1 mAP, mAP-3 7.6; OSNet-x0.25 pretrained "
              "on MSMT17 (126k images, not trained here) 11.9 / 32.0 / 50.1, mAP-3 31.4."]
@@ -275,7 +281,8 @@ def run_parts(args: argparse.Namespace, parts: list[str], seeds: list[int], abla
               results: dict[str, Any], results_file: Path) -> None:
     data, out = args.data, args.out
     recipe = TrainConfig.recipe("small", progress=not args.no_progress, seed=seeds[0])
-    results.update(machine=machine_line(torch, np), data=str(data), data_summary=data_summary(data))
+    results.update(machine=machine_line(torch, np), data=str(data), data_summary=data_summary(data),
+                   rerank=RerankParams().to_dict())
     command = "python bench/real_images.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if args else []))
     if "reference" in parts:
         meta = _meta(command)

@@ -88,7 +88,8 @@ def test_matches_index_metrics_and_map3_means():
         for r in (1, 5, 10, 20):
             assert flat[f"{case.label}/Rank-{r}"] == pytest.approx(100 * ref.cmc[r - 1], abs=1e-4)
         assert flat[f"{case.label}/mINP"] == pytest.approx(100 * ref.mINP, abs=1e-4)
-        rr = evaluate_rank(k_reciprocal(qf.astype(np.float32), gf.astype(np.float32)), *args)
+        p = RerankParams()
+        rr = evaluate_rank(k_reciprocal(qf.astype(np.float32), gf.astype(np.float32), p.k1, p.k2, p.lambda_value), *args)
         assert flat[f"{case.label} +rerank/mAP"] == pytest.approx(100 * rr.mAP, abs=1e-3)
         aps.append(np.nansum(ref.ap))
         valid += ref.num_valid_queries
