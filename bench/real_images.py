@@ -149,8 +149,7 @@ def grid_table(grid: list[dict[str, Any]], labels: list[str]) -> str:
 
 
 def times_text(rows: list[dict[str, Any]]) -> str:
-    return "; ".join(f"{r['name']}: train {r['train_seconds'] / 60:.1f} min, evaluations {r['eval_seconds'] / 60:.1f} min"
-                     for r in rows if "train_seconds" in r)
+    return "; ".join(f"{r['name']}: train {r['train_seconds'] / 60:.1f} min" for r in rows if "train_seconds" in r)
 
 
 def seed_text(rows: list[dict[str, Any]]) -> str:
