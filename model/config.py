@@ -251,7 +251,8 @@ def _small() -> ModelConfig:
     128x64 input (the size of the low-resolution crops it is meant for), stem width 16 with two
     blocks per stage (0.9 M tower parameters), layer4 at stride 16 (an 8x4 map), IBN-a, the
     global feature plus 4 stripes of 128; MGTM on the map pooled to 4x2 cells of 64-d tokens; the
-    descriptor from the features before BNNeck with f_S down-weighted. Chosen on PETA-dev (``bench/RESULTS.md``, "Accuracy on real images (PETA-dev)").
+    descriptor from the features before BNNeck with f_S down-weighted. Chosen on PETA-dev
+    (``bench/RESULTS.md``, "Accuracy on real images (PETA-dev)").
     """
     return ModelConfig(
         backbone=BackboneConfig(name="small", arch="resnet", image_size=(128, 64), width=16,
@@ -261,7 +262,7 @@ def _small() -> ModelConfig:
         prsd=PRSDConfig(encoder_dim=128, regressor_hidden=64, transformer_ff=32),
         # Measured on PETA-dev (seed 0, 15 epochs): pre-BNNeck features 14.4 mAP-3 against 12.0
         # BNNeck'd; f_S alone scores 3.1 (chance 1.6) and a full share costs 1.4, so it keeps a
-        # 1% share (weight 0.1), enough to be reported alone.
+        # 0.5% share (weight 0.1), enough to be reported alone.
         descriptor=DescriptorConfig(bnneck=False, s_weight=0.1),
     )
 
