@@ -291,12 +291,12 @@ def _render(results: dict[str, Any], markdown: Path | None) -> int:
     return 0
 
 
-def seed_spread(rows: list[dict[str, Any]]) -> str:
+def seed_spread(rows: list[dict[str, Any]], what: str = "Trained tiny") -> str:
     """One sentence on the trained rows' mAP-3 across seeds (empty for a single seed)."""
     if len(rows) < 2:
         return ""
     values = np.array([r["report"].map3[0] for r in rows])
-    return (f"Trained tiny over {len(rows)} seeds: mAP-3 (unweighted, no re-ranking) mean {values.mean():.2f}, "
+    return (f"{what} over {len(rows)} seeds: mAP-3 (unweighted, no re-ranking) mean {values.mean():.2f}, "
             f"min {values.min():.2f}, max {values.max():.2f}.")
 
 

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation import chance_report, loadavg
+from ablation import chance_report, loadavg, seed_spread
 from baseline_color_hist import evaluate_color_hist
 from results import machine_line, write_section
 
@@ -150,14 +150,6 @@ def grid_table(grid: list[dict[str, Any]], labels: list[str]) -> str:
 
 def times_text(rows: list[dict[str, Any]]) -> str:
     return "; ".join(f"{r['name']}: train {r['train_seconds'] / 60:.1f} min" for r in rows if "train_seconds" in r)
-
-
-def seed_text(rows: list[dict[str, Any]]) -> str:
-    values = np.array([r["report"].map3[0] for r in rows])
-    if len(values) < 2:
-        return ""
-    return (f"Default recipe over {len(values)} seeds: mAP-3 (unweighted, no re-ranking) mean {values.mean():.2f}, "
-            f"min {values.min():.2f}, max {values.max():.2f}.")
 
 
 def recipe_text(cfg: TrainConfig) -> str:
@@ -304,7 +296,7 @@ def run_parts(args: argparse.Namespace, parts: list[str], seeds: list[int], abla
             grid = rerank_grid(data, first, recipe)
             results["default"] = {
                 "recipe": recipe_text(recipe), "table": markdown_table([(r["name"], r["report"]) for r in rows]),
-                "seeds": seed_text(rows), "times": times_text(rows), "branches": branch_table(rows),
+                "seeds": seed_spread(rows, "Default recipe"), "times": times_text(rows), "branches": branch_table(rows),
                 "scorer": scorer_table(rows), "grid": grid_table(grid, [c.label for c in first["report"].cases]),
                 "grid_values": grid, "reports": {r["name"]: _summary(r) for r in rows},
                 "meta": {**meta, "load_end": loadavg()}}
