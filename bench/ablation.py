@@ -230,12 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = parts - {"reference", "ablation"}
     if unknown:
         parser.error(f"unknown part(s) {sorted(unknown)}")
-    try:
-        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
-    except ValueError:
-        parser.error(f"--seeds must be a comma list of integers, got {args.seeds!r}")
-    if not seeds:
-        parser.error("--seeds needs at least one seed")
+    seeds = parse_seeds(parser, args.seeds)
     recipe = TrainConfig.recipe("tiny", progress=not args.no_progress, seed=seeds[0])
     args.out.mkdir(parents=True, exist_ok=True)
     results_file = args.out / "results.json"
@@ -289,6 +284,17 @@ def _render(results: dict[str, Any], markdown: Path | None) -> int:
         write_section(SECTION, body, markdown)
         print(f"section '## {SECTION}' of {markdown} updated")
     return 0
+
+
+def parse_seeds(parser: argparse.ArgumentParser, text: str) -> list[int]:
+    """``--seeds`` as a non-empty list of ints; a bad value ends the program through ``parser``."""
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"--seeds must be a comma list of integers, got {text!r}")
+    if not seeds:
+        parser.error("--seeds needs at least one seed")
+    return seeds
 
 
 def seed_spread(rows: list[dict[str, Any]], what: str = "Trained tiny") -> str:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation import chance_report, loadavg, seed_spread
+from ablation import chance_report, loadavg, parse_seeds, seed_spread
 from baseline_color_hist import evaluate_color_hist
 from results import machine_line, write_section
 
@@ -240,12 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     if set(parts) - set(PARTS):
         parser.error(f"unknown part(s) {sorted(set(parts) - set(PARTS))}; valid: {', '.join(PARTS)}")
-    try:
-        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
-    except ValueError:
-        parser.error(f"--seeds must be a comma list of integers, got {args.seeds!r}")
-    if not seeds:
-        parser.error("--seeds needs at least one seed")
+    seeds = parse_seeds(parser, args.seeds)
     ablations = list(ABLATIONS) if args.ablations is None else [a.strip() for a in args.ablations.split(",")]
     unknown = [a for a in ablations if a not in ABLATIONS]
     if unknown:

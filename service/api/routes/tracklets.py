@@ -58,6 +58,10 @@ _ENROLL_FORM = multipart_body(
 TrackletPath = Annotated[str, Path(min_length=1, max_length=200, pattern=PATH_ID_PATTERN)]
 
 
+def _not_found(tracklet_id: str) -> ApiError:
+    return ApiError(404, "tracklet_not_found", f"no tracklet {tracklet_id!r} is stored", field="tracklet_id")
+
+
 @router.post(
     "",
     status_code=201,
@@ -206,7 +210,7 @@ async def import_batch(request: Request, response: Response, _: WriteAccess, run
 async def get_tracklet(tracklet_id: TrackletPath, _: ReadAccess, runtime: ReadyRuntime) -> TrackletOut:
     record = await run_in_threadpool(runtime.store.get, tracklet_id)
     if record is None:
-        raise ApiError(404, "tracklet_not_found", f"no tracklet {tracklet_id!r} is stored", field="tracklet_id")
+        raise _not_found(tracklet_id)
     return TrackletOut.from_record(record)
 
 
@@ -218,5 +222,5 @@ async def get_tracklet(tracklet_id: TrackletPath, _: ReadAccess, runtime: ReadyR
 )
 async def remove_tracklet(tracklet_id: TrackletPath, _: WriteAccess, runtime: ReadyRuntime) -> TrackletDeleted:
     if not await run_in_threadpool(delete_tracklet, runtime, tracklet_id):
-        raise ApiError(404, "tracklet_not_found", f"no tracklet {tracklet_id!r} is stored", field="tracklet_id")
+        raise _not_found(tracklet_id)
     return TrackletDeleted(tracklet_id=tracklet_id)
