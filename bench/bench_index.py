@@ -224,7 +224,8 @@ def _candidates(qf: np.ndarray, gf: np.ndarray, k: int) -> np.ndarray:
 
 def task_agreement(g: int, num_queries: int, ks: list[int], num_single: int) -> dict:
     from index.metrics import evaluate_rank
-    from index.rerank import GalleryNeighborGraph, k_reciprocal
+    from index.neighbor_graph import GalleryNeighborGraph
+    from index.rerank import k_reciprocal
 
     d = make_data(g)
     exact = k_reciprocal(d["qf"], d["gf"], K1, K2, LAMBDA)
@@ -273,7 +274,7 @@ def task_agreement(g: int, num_queries: int, ks: list[int], num_single: int) -> 
 
 
 def task_serve(g: int, num_queries: int, ks: list[int]) -> dict:
-    from index.rerank import GalleryNeighborGraph
+    from index.neighbor_graph import GalleryNeighborGraph
 
     d = make_data(g, seed=2)
     gf = d["gf"]

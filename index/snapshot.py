@@ -1,4 +1,4 @@
-"""FAISS gallery snapshots: skip rebuilding the index at start when nothing changed.
+"""Gallery snapshots (FAISS index kinds): skip rebuilding the index at start when nothing changed.
 
 A snapshot directory holds ``index.faiss`` (the CPU index), ``entries.json`` (the gallery's
 metadata table) and ``manifest.json``, written last, which records the SHA-256 of both files, the
@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
-from index.gallery import Gallery, GalleryEntry, GalleryKind, GalleryState, IndexOptions
+from index.faiss_index import faiss_version
+from index.gallery import Gallery, GalleryEntry, GalleryState, IndexOptions
 from index.store import Store
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def save_snapshot(gallery: Gallery, store: Store, directory: str | Path) -> Snap
             f"gallery holds {ours.count} tracklets (max int id {ours.max_int_id}) but the store holds "
             f"{digest.count} (max int id {digest.max_int_id}): rebuild the gallery before snapshotting"
         )
-    index_bytes = faiss.serialize_index(state.index).tobytes()
+    index_bytes = state.index
     entries_bytes = json.dumps(
         [dataclasses.astuple(e) for e in state.entries], separators=(",", ":")
     ).encode()
@@ -128,7 +128,7 @@ def save_snapshot(gallery: Gallery, store: Store, directory: str | Path) -> Snap
         fingerprint=digest.fingerprint,
         index_sha256=_sha256(index_bytes),
         entries_sha256=_sha256(entries_bytes),
-        faiss_version=faiss.__version__,
+        faiss_version=faiss_version(),
         created_at=time.time(),
     )
     directory.mkdir(parents=True, exist_ok=True)
@@ -155,7 +155,7 @@ def load_snapshot(
     directory: str | Path,
     store: Store,
     dim: int,
-    kind: GalleryKind = "flat",
+    kind: str = "flat",
     options: IndexOptions | None = None,
     use_gpu: bool | None = None,
     graph_k: int | None = 30,
@@ -197,9 +197,8 @@ def load_snapshot(
         entries = [GalleryEntry(*row) for row in json.loads(entries_bytes)]
         if digest_ids(np.array([e.int_id for e in entries], dtype=np.int64), digest.fingerprint) != digest:
             return None, "snapshot entry table does not match the store"
-        index = faiss.deserialize_index(np.frombuffer(index_bytes, dtype=np.uint8))
         state = GalleryState(
-            dim=dim, kind=kind, options=options, index=index, trained=manifest.trained, entries=entries
+            dim=dim, kind=kind, options=options, index=index_bytes, trained=manifest.trained, entries=entries
         )
         return Gallery.from_state(state, use_gpu=use_gpu, graph_k=graph_k), "loaded"
     except (ValueError, TypeError, RuntimeError) as exc:
@@ -215,7 +214,7 @@ def discard_snapshot(directory: str | Path) -> None:
 def build_gallery(
     store: Store,
     dim: int,
-    kind: GalleryKind = "flat",
+    kind: str = "flat",
     *,
     use_gpu: bool | None = None,
     graph_k: int | None = 30,

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from index.gallery import Gallery, check_descriptors
+from index.gallery import Gallery
 from index.store import (
     DimensionMismatch,
     FingerprintMismatch,
@@ -29,6 +29,7 @@ from index.store import (
     TrackletConflict,
     TrackletNotFound,
 )
+from index.types import check_descriptors
 from service.core.errors import ApiError
 from service.runtime import Runtime
 

@@ -32,9 +32,10 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from index.gallery import Gallery, IndexOptions
+from index.gallery import Gallery
 from index.snapshot import build_gallery, save_snapshot
 from index.store import Store, StoreError, open_store
+from index.types import IndexOptions
 from service.batching import MicroBatcher
 from service.core.config import Settings
 from service.encoders import Encoder, make_encoder

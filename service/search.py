@@ -23,7 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from index.gallery import Gallery, IdentityHit, RerankParams, SearchFilter, TrackletHit
+from index.gallery import Gallery
+from index.rerank import RerankParams
+from index.types import IdentityHit, SearchFilter, TrackletHit
 from service.core.config import Settings
 from service.core.errors import ApiError
 from service.schemas import IdentityResult, QueryOptions, TrackletScore

@@ -24,7 +24,8 @@ _FLAGS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--model",), {"help": "exported ONNX model for --backend onnx (SASREID_MODEL; make it with `sasreid export`)"}),
     (("--host",), {"help": "bind address (SASREID_HOST, default 127.0.0.1)"}),
     (("--port",), {"type": int, "help": "port (SASREID_PORT, default 8000)"}),
-    (("--index",), {"choices": ["flat", "ivf", "hnsw"], "help": "FAISS index kind (SASREID_INDEX, default flat)"}),
+    # choices and help are filled from the index registry in add_arguments
+    (("--index",), {"help": "vector index kind: {kinds} (SASREID_INDEX, default flat)"}),
     (("--max-batch",), {"type": int, "help": "tracklets per model call; 1 disables micro-batching (SASREID_MAX_BATCH)"}),
     (("--max-wait-ms",), {"type": float, "help": "micro-batch fill time (SASREID_MAX_WAIT_MS)"}),
     (("--snapshot-dir",), {"help": "FAISS snapshot directory for fast restarts (SASREID_SNAPSHOT_DIR)"}),
@@ -32,7 +33,12 @@ _FLAGS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from index.vector_index import index_kinds
+
+    kinds = index_kinds()
     for names, kwargs in _FLAGS:
+        if names == ("--index",):
+            kwargs = {**kwargs, "choices": kinds, "help": kwargs["help"].format(kinds=", ".join(kinds))}
         parser.add_argument(*names, default=None, **kwargs)
     parser.add_argument(
         "--keep-frames",

@@ -21,6 +21,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from index.rerank import RerankParams
+from index.vector_index import index_kinds
 
 # The service keeps Zhong et al.'s k1 = 20, k2 = 6 for now: at the validated k1 = 3, k2 = 1 the re-ranked
 # answers before and after a restart differ (tests/service/test_e2e.py), i.e. the incrementally
@@ -29,7 +30,6 @@ _RERANK = RerankParams.paper()
 
 Backend = Literal["torch", "onnx"]
 Device = Literal["cpu", "cuda"]
-IndexKind = Literal["flat", "ivf", "hnsw"]
 
 DEFAULT_DATA_DIR = Path("sasreid-data")
 DEFAULT_SQLITE_NAME = "gallery.sqlite"
@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     )
     redis_prefix: str = Field("sasreid:", description="key prefix of a Redis store")
     data_dir: Path = Field(DEFAULT_DATA_DIR, description="where the default SQLite store lives")
-    index: IndexKind = Field("flat", description="FAISS index kind")
+    index: str = Field("flat", description="vector index kind (index.vector_index.INDEX_KINDS)")
     keep_frames: bool = Field(
         False, description="keep uploaded frames in the store so `sasreid reembed` can re-embed them later"
     )
@@ -118,6 +118,14 @@ class Settings(BaseSettings):
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("index")
+    @classmethod
+    def _known_index(cls, value: str) -> str:
+        kinds = index_kinds()
+        if value not in kinds:
+            raise ValueError(f"unknown index kind {value!r}; valid kinds: {', '.join(kinds)}")
         return value
 
     @field_validator("store", mode="before")

@@ -11,16 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.gallery import (
-    Gallery,
-    GalleryEntry,
-    IndexOptions,
-    RerankParams,
-    SearchFilter,
-    SearchResult,
-)
+from index.gallery import Gallery
+from index.rerank import RerankParams
 from index.snapshot import INDEX_FILE, MANIFEST_FILE, build_gallery, load_snapshot, save_snapshot
 from index.store import DimensionMismatch, Record, RedisStore, SQLiteStore, Store
+from index.types import GalleryEntry, IndexOptions, SearchFilter, SearchResult
 from tests.conftest import RedisServer
 
 DIM = 32
@@ -255,7 +250,7 @@ def test_hnsw_tombstones_trigger_a_rebuild() -> None:
     entries, feats, centres = clustered(n_ids=30, per_id=10, seed=2)
     g = Gallery(DIM, kind="hnsw", graph_k=None, options=IndexOptions(tombstone_ratio=0.2))
     g.add(entries, feats)
-    backend = g._backend
+    backend = g._index
     g.remove([e.int_id for e in entries[:50]])  # 50/300 < 20%: tombstones only
     assert backend.index.ntotal == 300 and len(backend.tombstones) == 50  # type: ignore[attr-defined]
     g.remove([e.int_id for e in entries[50:70]])  # 70/300 > 20%: rebuilt from live vectors

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from index import rerank
+from index import neighbor_graph, rerank
 from index.metrics import evaluate_rank
-from index.rerank import GalleryNeighborGraph, k_reciprocal
+from index.neighbor_graph import GalleryNeighborGraph
+from index.rerank import k_reciprocal
 
 
 def reference_rerank(qf, gf, k1, k2, lambda_value):
@@ -155,8 +156,8 @@ def assert_storage_exact(graph: GalleryNeighborGraph):
 
 @pytest.fixture
 def rr_small_blocks(monkeypatch):
-    monkeypatch.setattr(rerank, "_GRAPH_ROWS", 16)
-    monkeypatch.setattr(rerank, "_GRAPH_COLS", 24)
+    monkeypatch.setattr(neighbor_graph, "_GRAPH_ROWS", 16)
+    monkeypatch.setattr(neighbor_graph, "_GRAPH_COLS", 24)
 
 
 def test_graph_add_and_remove_keep_exact_lists(rr_small_blocks):
