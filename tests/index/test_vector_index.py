@@ -55,5 +55,5 @@ def test_each_faiss_kind_round_trips_through_its_bytes(kind: str) -> None:
     assert sorted(back.ids().tolist()) == list(range(12, 60))
     np.testing.assert_array_equal(back.vectors(np.array([12, 59])), x[[2, 49]])
     assert back.search(x[5:6], 1).tolist() == [15]
-    with pytest.raises(ValueError, match="not a FAISS index|expected"):
+    with pytest.raises(ValueError, match=r"not a FAISS index|expected"):
         type(index).restore(8, options, b"not an index", trained, use_gpu=False)
