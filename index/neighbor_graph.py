@@ -55,8 +55,17 @@ def _check_ids(ids: np.ndarray, name: str) -> np.ndarray:
 
 
 def _unit_sqdist(a: Tensor, b: Tensor) -> Tensor:
-    """Squared Euclidean distance of unit vectors, 2 - 2 a.b^T, clamped at 0: [len(a), len(b)]."""
-    return torch.addmm(torch.full((1, 1), 2.0, dtype=a.dtype), a, b.T, alpha=-2.0).clamp_(min=0.0)
+    """Squared Euclidean distance of unit vectors, 2 - 2 a.b^T, clamped at 0: float32 [len(a), len(b)].
+
+    Accumulated in float64 and rounded to float32: a float32 product's last bits depend on the
+    block it is computed in (BLAS kernels sum in different orders for different shapes), and the
+    graph meets each pair in different blocks when it grows item by item than when it is built at
+    once. Rounded from float64, a pair's distance is the same either way, so an incrementally
+    maintained graph and a rebuilt one hold the same lists and row maxima.
+    """
+    a64, b64 = a.to(torch.float64), b.to(torch.float64)
+    d = torch.addmm(torch.full((1, 1), 2.0, dtype=torch.float64), a64, b64.T, alpha=-2.0).clamp_(min=0.0)
+    return d.to(torch.float32)
 
 
 class GalleryNeighborGraph:
@@ -279,6 +288,9 @@ class GalleryNeighborGraph:
         self._nbr[affected] = np.take_along_axis(nb, order, 1)
         self._nbr_d[affected] = np.take_along_axis(nd, order, 1)
         short = affected[((self._nbr[affected] >= 0).sum(1) < self.k) & ~self._complete[affected]]
+        # Rows whose row max was a distance to a removed item: recomputed below, so the maxima stay
+        # exact (a stale, larger max changes every re-ranking weight of that row).
+        stale = self._rows_at_max_to(np.flatnonzero(~gone[:n]), rows)
         for a in (self._feats, self._ids, self._nbr, self._nbr_d, self._complete, self._rowmax):
             a[holes] = a[movers]
         for i in ids.tolist():
@@ -287,6 +299,30 @@ class GalleryNeighborGraph:
         self._n = keep_n
         self._nbr[:keep_n] = remap[self._nbr[:keep_n]]
         self._recompute_rows(remap[short])
+        self._recompute_rowmax(np.setdiff1d(remap[stale], remap[short]))
+
+    def _rows_at_max_to(self, rows: np.ndarray, others: np.ndarray) -> np.ndarray:
+        """Those of ``rows`` whose row max equals their distance to one of the ``others`` rows."""
+        feats = torch.from_numpy(self._feats[: self._n])
+        other = feats[torch.from_numpy(others)]
+        hit = []
+        for s in range(0, len(rows), _GRAPH_COLS):
+            r = rows[s : s + _GRAPH_COLS]
+            d = _unit_sqdist(feats[torch.from_numpy(r)], other).amax(1).numpy()
+            hit.append(r[d >= self._rowmax[r]])
+        return np.concatenate(hit) if hit else np.empty(0, dtype=np.int64)
+
+    def _recompute_rowmax(self, rows: np.ndarray) -> None:
+        """Recompute the row maxima of the given rows against all rows."""
+        n = self._n
+        feats = torch.from_numpy(self._feats[:n])
+        for s in range(0, len(rows), _GRAPH_ROWS):
+            r = torch.from_numpy(rows[s : s + _GRAPH_ROWS])
+            rmax = torch.zeros(len(r))
+            fr = feats[r]
+            for j0 in range(0, n, _GRAPH_COLS):
+                rmax = torch.maximum(rmax, _unit_sqdist(fr, feats[j0 : min(j0 + _GRAPH_COLS, n)]).amax(1))
+            self._rowmax[r.numpy()] = rmax.numpy()
 
     def rerank(
         self,
@@ -316,7 +352,7 @@ class GalleryNeighborGraph:
 
         # Neighbour lists in row space, self first: the query's from its candidates, candidates'
         # with the query inserted (after equal distances: its row id is the largest).
-        near = np.lexsort((rows, dq))[: width - 1]
+        near = np.lexsort((cand, dq))[: width - 1]  # ties by id: independent of storage order
         q_idx = np.full(width, -1, dtype=np.int64)
         q_dst = np.full(width, np.inf, dtype=np.float32)
         q_idx[0], q_dst[0] = qid, 0.0
@@ -356,6 +392,10 @@ class GalleryNeighborGraph:
         s0 = np.concatenate([[qid], rows])
         p_set = grow(s0, min(k2, width))
         universe = grow(grow(p_set, min(k1 + 1, width)), min(_half(k1) + 1, width))
+        # Local order by id, the query last: the sparse steps' sums and tie-breaks then do not
+        # depend on where items sit in storage (removals move rows; a rebuild stores by id).
+        in_gallery = universe[universe < qid]
+        universe = np.concatenate([in_gallery[np.argsort(self._ids[in_gallery], kind="stable")], universe[universe >= qid]])
         m = len(universe)
         local = np.full(n + 2, m, dtype=np.int64)
         local[universe] = np.arange(m)

@@ -35,15 +35,14 @@ import torch
 @dataclass(frozen=True)
 class RerankParams:
     """k-reciprocal re-ranking parameters: the one place their values are set (``sasreid
-    evaluate`` and the evaluator use the defaults, the service's settings ``paper()``).
+    evaluate``, the evaluator and the service's settings use the defaults).
 
     The defaults are chosen by validation on real images (bench/RESULTS.md, "Accuracy on real
     images (PETA-dev)", re-ranking grid): galleries there hold one or two tracklets per identity,
     and a larger k1 pulls other identities into every k-reciprocal set (mAP-3 14.04 at k1 = 3,
     k2 = 1 against 11.25 at Zhong et al.'s 20 / 6; plain ranking 14.26, so re-ranking stays off
     unless asked for). ``RerankParams.paper()`` gives Zhong et al.'s k1 = 20, k2 = 6, lambda = 0.3.
-    The service keeps the paper's values for now (``service.core.config`` says why); there
-    ``k1`` <= the graph's k.
+    In the service ``k1`` <= the graph's k.
     """
 
     k1: int = 3

@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         by_id = {t.tracklet_id: t for t in case.gallery}
         for i in same_outfit_queries(case.query, case.gallery)[:SHEET_ROWS_PER_CASE]:
             sheet_rows.append((case.query[i], [by_id[tid] for tid in plain.ids[i][:5]]))
-    api_report = EvalReport(cases_plain, rerank_params=RerankParams.paper().to_dict(),  # the service's default
+    api_report = EvalReport(cases_plain, rerank_params=RerankParams().to_dict(),  # the service's default
                             meta={"source": "HTTP API answers"})
 
     _step("4/4 results")

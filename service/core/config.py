@@ -23,10 +23,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from index.rerank import RerankParams
 from index.vector_index import index_kinds
 
-# The service keeps Zhong et al.'s k1 = 20, k2 = 6 for now: at the validated k1 = 3, k2 = 1 the re-ranked
-# answers before and after a restart differ (tests/service/test_e2e.py), i.e. the incrementally
-# maintained neighbour graph and the one rebuilt at start disagree at small k; until that is fixed.
-_RERANK = RerankParams.paper()
+# The validated defaults (k1 = 3, k2 = 1, lambda = 0.3). They need the neighbour graph maintained on
+# enroll/delete to equal the one rebuilt at start, bit for bit (it once kept stale row maxima after a
+# delete): tests/index/test_rerank.py and the restart in tests/service/test_e2e.py check it.
+_RERANK = RerankParams()
 
 Backend = Literal["torch", "onnx"]
 Device = Literal["cpu", "cuda"]
@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     max_batch: int = Field(8, ge=1, description="tracklets per model call; 1 disables micro-batching")
     max_wait_ms: float = Field(5.0, ge=0.0, le=1000.0, description="how long a batch waits to fill up")
 
-    # ---- re-ranking defaults (index.rerank.RerankParams.paper(), see _RERANK) ----------------------
+    # ---- re-ranking defaults (index.rerank.RerankParams(), see _RERANK) ------------------------------
     rerank_k1: int = Field(_RERANK.k1, ge=1, le=1000)
     rerank_k2: int = Field(_RERANK.k2, ge=1, le=1000)
     rerank_lambda: float = Field(_RERANK.lambda_value, ge=0.0, le=1.0)

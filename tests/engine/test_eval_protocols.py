@@ -426,10 +426,10 @@ def test_rerank_defaults_come_from_rerank_params():
     args = other.parse_args([])
     assert (args.k1, args.k2, args.lambda_value) == (28, 5, 0.28)
     assert "XDG_CACHE_HOME" in parser.format_help() and "DATA/.sasreid-cache" not in parser.format_help()
-    # The paper's values stay reachable, and are the service's default for now (config.py says why).
+    # The paper's values stay reachable; the service defaults to the validated ones too.
     assert RerankParams.paper() == RerankParams(20, 6, 0.3)
     settings = Settings(auth=False)
-    assert (settings.rerank_k1, settings.rerank_k2, settings.rerank_lambda) == (20, 6, 0.3)
+    assert (settings.rerank_k1, settings.rerank_k2, settings.rerank_lambda) == (p.k1, p.k2, p.lambda_value)
 
 
 def write_sessions_manifest(root: Path) -> None:

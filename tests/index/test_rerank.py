@@ -295,3 +295,35 @@ def test_graph_rerank_agrees_with_batch_reranking_on_identities():
         got_map = evaluate_rank(dist, q_pid, g_pid, q_cam, g_cam).mAP
         assert abs(got_map - exact_map) < 0.03, (num_c, got_map, exact_map, plain_map)
         assert np.mean(overlap) > 0.85, (num_c, np.mean(overlap))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_graph_after_enrolls_and_deletes_equals_graph_rebuilt_on_the_same_items(seed):
+    """The service's graph is updated item by item on enroll and delete, and rebuilt from the store at
+    start (in int id order): both must give the same re-ranked distances, bit for bit, at the
+    validated k1 = 3, k2 = 1 (a restart must not change answers)."""
+    def unit(x):
+        return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+    rng = np.random.default_rng(seed)
+    dim = 32
+    n = int(rng.integers(5, 40))
+    feats = unit(rng.normal(size=(n, dim)) + 1.5 * rng.normal(size=(1, dim)))
+    ids = np.arange(n, dtype=np.int64) * 3 + 1
+    incremental = GalleryNeighborGraph(dim, k=30)
+    for i in range(n):  # one enroll at a time
+        incremental.add(ids[i : i + 1], feats[i : i + 1])
+    gone = rng.choice(n, size=max(1, n // 3), replace=False)
+    for i in gone.tolist():  # one delete at a time
+        incremental.remove(ids[i : i + 1])
+    kept = np.setdiff1d(np.arange(n), gone)
+    rebuilt = GalleryNeighborGraph(dim, k=30)
+    rebuilt.add(ids[kept], feats[kept])  # as at start: every stored item at once, by int id
+
+    for probe in range(4):
+        # Queries: an enrolled tracklet again (distance 0 to it, as in the service test) and new ones.
+        q = feats[kept[probe]] if probe < 2 else unit(feats[kept[probe]] + 0.3 * rng.normal(size=dim))
+        for cand in (ids[kept], ids[kept[: max(2, len(kept) // 2)]]):
+            got = incremental.rerank(q, cand, k1=3, k2=1, lambda_value=0.3)
+            want = rebuilt.rerank(q, cand, k1=3, k2=1, lambda_value=0.3)
+            np.testing.assert_array_equal(got, want)
