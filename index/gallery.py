@@ -25,8 +25,9 @@ updates take the write lock.
 
 from __future__ import annotations
 
+import hashlib
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,24 @@ from index.vector_index import SnapshotIndex, VectorIndex, index_class, make_ind
 
 if TYPE_CHECKING:
     from index.store import Store
+
+def id_digest(ids: np.ndarray) -> tuple[int, str]:
+    """(count, SHA-256 over the sorted int64 ids) of a set of ids [n]."""
+    sorted_ids = np.sort(np.asarray(ids, dtype=np.int64))
+    return len(sorted_ids), hashlib.sha256(sorted_ids.astype("<i8").tobytes()).hexdigest()
+
+
+def _batches(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
+    """Consecutive lists of at most ``size`` records."""
+    chunk: list[Record] = []
+    for r in records:
+        chunk.append(r)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
 
 # Reconstruct/score vectors in chunks so an exhaustive scan never copies the whole gallery at once.
 _SCAN_CHUNK = 16384
@@ -268,6 +287,47 @@ class Gallery:
                     self.add_records(pending)
                     pending = []
             self.add_records(pending)
+
+    def reconcile(self, store: Store, batch: int = 1000) -> tuple[int, int]:
+        """Make a durable index agree with ``store`` without re-adding what it already holds.
+
+        The metadata table and neighbour graph are loaded from the store; the index's ids are then
+        compared with the store's by count and a SHA-256 over the sorted ids. When they differ (a
+        crash between the store write and the index write, either way), the store's missing records
+        are upserted and ids the store no longer has are removed. Returns (added, removed).
+        A non-durable index is simply rebuilt (``rebuild_from``); then (len, 0) is returned.
+        """
+        if not self._index.durable:
+            self.rebuild_from(store, batch=batch)
+            return len(self), 0
+        info = store.info()
+        if info.dim is not None and info.dim != self.dim:
+            raise DimensionMismatch(info.dim, self.dim, "the gallery index")
+        with self._lock.write():
+            self._reset(clear_index=False)
+            for records in _batches(store.iter_records(batch=batch), batch):
+                entries = [GalleryEntry.from_record(r) for r in records]
+                if self._graph is not None:
+                    feats = check_descriptors(np.stack([r.descriptor for r in records]), self.dim, "descriptors")
+                    self._graph.add(np.array([e.int_id for e in entries], dtype=np.int64), feats)
+                self._note(entries)
+            stored = np.fromiter(self._entries, dtype=np.int64, count=len(self._entries))
+            indexed = self._index.ids()
+            if id_digest(indexed) == id_digest(stored):
+                return 0, 0
+            extra = np.setdiff1d(indexed, stored)
+            missing = set(np.setdiff1d(stored, indexed).tolist())
+            if len(extra):
+                self._index.remove(extra)
+            added = 0
+            if missing:
+                for records in _batches(
+                    (r for r in store.iter_records(batch=batch) if r.int_id in missing), batch
+                ):
+                    entries = [GalleryEntry.from_record(r) for r in records]
+                    self._index.add(entries, check_descriptors(np.stack([r.descriptor for r in records]), self.dim, "descriptors"))
+                    added += len(records)
+            return added, len(extra)
 
     @classmethod
     def from_store(

@@ -104,7 +104,7 @@ class SnapshotIndex(VectorIndex):
 INDEX_KINDS: dict[str, type[VectorIndex]] = {}
 # Modules whose import registers the built-in kinds (imported on first use of the registry, so that
 # importing this module stays light and an engine's client is loaded only by its own module).
-_BUILTIN_MODULES = ("index.faiss_index",)
+_BUILTIN_MODULES = ("index.faiss_index", "index.milvus_index")
 
 _V = TypeVar("_V", bound=type[VectorIndex])
 

@@ -14,7 +14,9 @@ not. A store error whose outcome is unknown (connection lost during a write) mar
 dirty; it is rebuilt from the store as soon as the store answers again.
 
 One server process per store: several processes writing the same store would each keep their own
-index and miss the others' writes.
+index and miss the others' writes. With ``--index milvus`` the vectors live in Milvus and survive a
+restart: at start the gallery reconciles Milvus with the store (counts and a digest of the ids;
+only differences are written) instead of re-adding every vector.
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from index.gallery import Gallery
+from index.milvus_index import collection_name
 from index.snapshot import build_gallery, save_snapshot
 from index.store import Store, StoreError, open_store
 from index.types import IndexOptions
+from index.vector_index import index_class
 from service.batching import MicroBatcher
 from service.core.config import Settings
 from service.encoders import Encoder, make_encoder
@@ -115,20 +119,40 @@ class Runtime:
     def index_options(self) -> IndexOptions:
         return IndexOptions()
 
+    def _new_gallery(self) -> Gallery:
+        params: dict[str, object] = {}
+        if self.settings.index == "milvus":
+            # One collection per checkpoint: a re-embedded gallery is filled into a fresh one.
+            params = {"uri": self.settings.milvus_uri, "collection": collection_name(self.encoder.fingerprint)}
+        return Gallery(
+            self.encoder.dim,
+            kind=self.settings.index,
+            use_gpu=None if self.settings.device == "cuda" else False,
+            graph_k=self.settings.rerank_graph_k,
+            options=self.index_options,
+            index_params=params,
+        )
+
     # ---- gallery ---------------------------------------------------------------------------
     def restore_gallery(self) -> None:
         """Build the index from the store (or a matching snapshot); then the runtime is ready."""
         start = time.perf_counter()
         try:
-            gallery = build_gallery(
-                self.store,
-                self.encoder.dim,
-                self.settings.index,
-                use_gpu=None if self.settings.device == "cuda" else False,
-                graph_k=self.settings.rerank_graph_k,
-                options=self.index_options,
-                snapshot_dir=self.settings.snapshot_dir,
-            )
+            if index_class(self.settings.index).durable:
+                gallery = self._new_gallery()
+                added, removed = gallery.reconcile(self.store)
+                if added or removed:
+                    log.warning("index reconciled with the store: %d tracklets added, %d removed", added, removed)
+            else:
+                gallery = build_gallery(
+                    self.store,
+                    self.encoder.dim,
+                    self.settings.index,
+                    use_gpu=None if self.settings.device == "cuda" else False,
+                    graph_k=self.settings.rerank_graph_k,
+                    options=self.index_options,
+                    snapshot_dir=self.settings.snapshot_dir,
+                )
         except Exception as exc:
             self.phase = "failed"
             self.error = f"could not restore the gallery index from {self.store_url}: {exc}"
@@ -165,14 +189,14 @@ class Runtime:
         with self.write_lock:
             self._dirty.clear()
             try:
-                fresh = Gallery(
-                    self.encoder.dim,
-                    kind=self.settings.index,
-                    use_gpu=None if self.settings.device == "cuda" else False,
-                    graph_k=self.settings.rerank_graph_k,
-                    options=self.index_options,
-                )
-                fresh.rebuild_from(self.store)
+                if self.gallery is not None and self.gallery.durable:
+                    # The durable index is shared state: reconcile it in place (no second client
+                    # clearing it while this one still answers searches).
+                    self.gallery.reconcile(self.store)
+                    fresh = self.gallery
+                else:
+                    fresh = self._new_gallery()
+                    fresh.rebuild_from(self.store)
             except StoreError as exc:
                 self._dirty.set()
                 log.warning("gallery rebuild postponed: %s", exc)
@@ -191,6 +215,8 @@ class Runtime:
                     save_snapshot(self.gallery, self.store, self.settings.snapshot_dir)
             except (ValueError, OSError, StoreError) as exc:
                 log.warning("gallery snapshot not written at shutdown: %s", exc)
+        if self.gallery is not None:
+            self.gallery.close()
         self.store.close()
         self.metrics.ready.set(0)
 

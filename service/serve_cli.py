@@ -26,6 +26,7 @@ _FLAGS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--port",), {"type": int, "help": "port (SASREID_PORT, default 8000)"}),
     # choices and help are filled from the index registry in add_arguments
     (("--index",), {"help": "vector index kind: {kinds} (SASREID_INDEX, default flat)"}),
+    (("--milvus-uri",), {"help": "Milvus for --index milvus: a local *.db file or http://host:19530 (SASREID_MILVUS_URI)"}),
     (("--max-batch",), {"type": int, "help": "tracklets per model call; 1 disables micro-batching (SASREID_MAX_BATCH)"}),
     (("--max-wait-ms",), {"type": float, "help": "micro-batch fill time (SASREID_MAX_WAIT_MS)"}),
     (("--snapshot-dir",), {"help": "FAISS snapshot directory for fast restarts (SASREID_SNAPSHOT_DIR)"}),

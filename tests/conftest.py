@@ -161,3 +161,12 @@ def redis_server(redis_server_factory: Callable[..., RedisServer]) -> RedisServe
 def redis_prefix() -> str:
     """A key prefix no other test uses, so tests sharing the server never see each other's keys."""
     return f"test:{uuid.uuid4().hex}:"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--index",
+        default="flat",
+        help="vector index kind the service tests serve with (flat, ivf, hnsw, milvus); milvus runs each "
+        "test on its own milvus-lite file",
+    )

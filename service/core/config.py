@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     redis_prefix: str = Field("sasreid:", description="key prefix of a Redis store")
     data_dir: Path = Field(DEFAULT_DATA_DIR, description="where the default SQLite store lives")
     index: str = Field("flat", description="vector index kind (index.vector_index.INDEX_KINDS)")
+    milvus_uri: str | None = Field(
+        None, description="Milvus for --index milvus: a local *.db file (milvus-lite) or http://host:19530"
+    )
     keep_frames: bool = Field(
         False, description="keep uploaded frames in the store so `sasreid reembed` can re-embed them later"
     )
@@ -128,7 +131,7 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown index kind {value!r}; valid kinds: {', '.join(kinds)}")
         return value
 
-    @field_validator("store", mode="before")
+    @field_validator("store", "milvus_uri", mode="before")
     @classmethod
     def _empty_store_is_default(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -139,6 +142,10 @@ class Settings(BaseSettings):
             raise ValueError(f"rerank_k1={self.rerank_k1} must not exceed graph_k={self.graph_k}")
         if self.graph_k and self.rerank_k2 > self.graph_k + 1:
             raise ValueError(f"rerank_k2={self.rerank_k2} must not exceed graph_k + 1 = {self.graph_k + 1}")
+        if self.index == "milvus" and not self.milvus_uri:
+            raise ValueError("index milvus needs milvus_uri (--milvus-uri / SASREID_MILVUS_URI): a *.db file or http://host:19530")
+        if self.index == "milvus" and self.snapshot_dir is not None:
+            raise ValueError("snapshot_dir is for the FAISS index kinds; the milvus index keeps its own state")
         if self.max_frame_bytes > self.max_request_bytes:
             raise ValueError("max_frame_bytes must not exceed max_request_bytes")
         return self

@@ -6,6 +6,9 @@ Two ways to run the real app:
   (fast to start; used where a process boundary does not matter);
 * ``ProcessServer``: ``python -m service.cli serve ...`` in a subprocess (``sasreid serve`` as a
   user runs it), for restarts and kill -9.
+
+``pytest --index milvus tests/service`` runs the whole service suite against the milvus index (one
+milvus-lite file per test, shared by the test's thread and process servers); default flat.
 """
 
 from __future__ import annotations
@@ -90,8 +93,35 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Checkpoints:
     return Checkpoints(root / "a", root / "b", fingerprints[0], fingerprints[1])
 
 
+# The index the service tests serve with (``--index``) and, for milvus, this test's milvus-lite file.
+_INDEX: dict[str, str | None] = {"kind": "flat", "milvus_uri": None}
+
+
+@pytest.fixture(autouse=True)
+def _service_index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None]:
+    kind = request.config.getoption("--index")
+    _INDEX["kind"] = kind
+    _INDEX["milvus_uri"] = str(tmp_path / "milvus.db") if kind == "milvus" else None
+    yield
+    _INDEX.update(kind="flat", milvus_uri=None)
+
+
+@pytest.fixture
+def index_kind() -> str:
+    """The vector index kind this run serves with (``pytest --index KIND``)."""
+    return str(_INDEX["kind"])
+
+
+def _index_settings() -> dict[str, str]:
+    out = {"index": str(_INDEX["kind"])}
+    if _INDEX["milvus_uri"] is not None:
+        out["milvus_uri"] = str(_INDEX["milvus_uri"])
+    return out
+
+
 def base_env(**extra: str) -> dict[str, str]:
-    """Environment of a server process: keys, thread policy, nothing inherited from SASREID_*."""
+    """Environment of a server process: keys, thread policy, the run's index, nothing inherited
+    from SASREID_*."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SASREID_")}
     env.update(
         OMP_WAIT_POLICY="PASSIVE",
@@ -100,6 +130,7 @@ def base_env(**extra: str) -> dict[str, str]:
         SASREID_WRITE_KEYS=WRITE_KEY,
         SASREID_READ_KEYS=READ_KEY,
     )
+    env.update({f"SASREID_{k.upper()}": v for k, v in _index_settings().items()})
     env.update(extra)
     return env
 
@@ -212,6 +243,7 @@ def settings_for(checkpoint: Path, store: str, **overrides: Any) -> Settings:
         "write_keys": WRITE_KEY,
         "read_keys": READ_KEY,
         "max_wait_ms": 2.0,
+        **_index_settings(),
     }
     values.update(overrides)
     # _env_prefix keeps a developer's SASREID_* variables out of the tests' settings.

@@ -65,6 +65,7 @@ def test_end_to_end_and_restart(
     thread_server: Callable[..., Any],
     process_server: Callable[..., Any],
     make_tracklet: Callable[..., list[tuple[str, bytes]]],
+    index_kind: str,
 ) -> None:
     url, prefix = store
     server = thread_server(make_settings(checkpoints.a, url, redis_prefix=prefix))
@@ -164,7 +165,7 @@ def test_end_to_end_and_restart(
     stats = client.stats()
     assert (stats["tracklets"], stats["identities"], stats["indexed_tracklets"]) == (4, 3, 4)
     assert stats["fingerprint"] == checkpoints.fingerprint_a and stats["dim"] > 0
-    assert (stats["backend"], stats["device"], stats["index"]) == ("torch", "cpu", "flat")
+    assert (stats["backend"], stats["device"], stats["index"]) == ("torch", "cpu", index_kind)
 
     # ---- metrics and docs need no key --------------------------------------------------------
     metrics = httpx.get(f"{server.url}/metrics").text
