@@ -48,8 +48,10 @@ def tracklet_descriptor(t: Tracklet, frames: int, bins: tuple[int, int, int]) ->
 
 
 def evaluate_color_hist(data_root: Path, layout: str = "auto", frames: int = 8, bins: tuple[int, int, int] = (8, 4, 4),
-                        rerank: RerankParams | None = None, progress: bool = True) -> EvalReport:
-    """Describe every query/gallery tracklet once and evaluate all cases."""
+                        rerank: RerankParams | None = None, progress: bool = True,
+                        camera_centring: bool = False) -> EvalReport:
+    """Describe every query/gallery tracklet once and evaluate all cases (``camera_centring``: as
+    ``sasreid evaluate --camera-centring``)."""
     data = load_reid_data(data_root, layout)
     require_cases(data)
     records = unique_records(data.cases)
@@ -57,7 +59,7 @@ def evaluate_color_hist(data_root: Path, layout: str = "auto", frames: int = 8, 
     desc = np.stack([tracklet_descriptor(t, frames, bins)
                      for t in tqdm(records, desc="histograms", unit="tracklet", disable=not progress)])
     seconds = time.perf_counter() - start
-    evaluator = ReIDEvaluator(data.cases, rerank=rerank)
+    evaluator = ReIDEvaluator(data.cases, rerank=rerank, camera_centring=camera_centring)
     evaluator.process(desc, records)
     evaluator.evaluate()
     report = evaluator.report

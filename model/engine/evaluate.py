@@ -106,6 +106,7 @@ def evaluate_model(
     progress: bool = True,
     leaderboard: bool = False,
     branches: bool = True,
+    camera_centring: bool = False,
 ) -> EvalReport:
     """Embed the records of ``cases`` once and evaluate them (plain, and re-ranked if asked).
 
@@ -115,7 +116,8 @@ def evaluate_model(
     records = unique_records(cases)
     desc, stats = embed_records(model, records, cache, frames, batch_size, num_workers, device, progress)
     evaluator = ReIDEvaluator(cases, rerank=rerank, leaderboard=leaderboard,
-                              branches=model.descriptor_layout if branches else ())
+                              branches=model.descriptor_layout if branches else (),
+                              camera_centring=camera_centring)
     evaluator.process(desc, records)
     start = time.perf_counter()
     evaluator.evaluate()
@@ -167,6 +169,7 @@ def evaluate_checkpoint(
     progress: bool = True,
     leaderboard: bool = False,
     branches: bool = True,
+    camera_centring: bool = False,
 ) -> EvalReport:
     """Evaluate a checkpoint directory (or a loaded model) on every case under ``data_root``.
 
@@ -189,7 +192,7 @@ def evaluate_checkpoint(
                                 embedding_settings(model, frames))
     params = RerankParams(k1, k2, lambda_value) if rerank else None
     report = evaluate_model(model, data.cases, params, cache, frames, batch_size, num_workers, device, progress,
-                            leaderboard=leaderboard, branches=branches)
+                            leaderboard=leaderboard, branches=branches, camera_centring=camera_centring)
     report.meta.update(checkpoint=ckpt_name, data_root=str(data.root), layout=data.layout,
                        cache=str(cache.path) if cache is not None else None)
     return report

@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also report the VReID-XFD organisers' scorer (identity from <pid>_<tracklet> "
                              "names, only the query's own tracklet is junk, trapezoidal AP) beside the "
                              "standard market-1501 figures")
+    parser.add_argument("--camera-centring", action="store_true",
+                        help="remove each camera's mean descriptor from its query and gallery tracklets before "
+                             "ranking (camera-based normalisation; uses the unlabelled test tracklets)")
     parser.add_argument("--frames", type=int, default=None, help="frames per tracklet (default: the checkpoint's)")
     parser.add_argument("--batch-size", type=int, default=32, help="tracklets per embedding batch (default %(default)s)")
     parser.add_argument("--num-workers", type=int, default=0, help="data loader workers (default %(default)s)")
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
             lambda_value=args.lambda_value, layout=args.layout, frames=args.frames,
             batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
             cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=not args.no_progress,
-            leaderboard=args.leaderboard_metric,
+            leaderboard=args.leaderboard_metric, camera_centring=args.camera_centring,
         )
     except (DatasetError, CheckpointError, ValueError) as exc:
         print(f"sasreid evaluate: {exc}", file=sys.stderr)

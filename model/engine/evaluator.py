@@ -14,6 +14,9 @@ any number of calls); ``evaluate()`` ranks every case's queries against its gall
   other-session positives as junk (``index.metrics.session_junk_mask``), with and without re-ranking;
 - optionally the VReID-XFD organisers' scorer (``index.metrics.evaluate_ranking_vreid_xfd``) on the
   same rankings the submission CSV would hold;
+- optionally camera-wise centring (``camera_centring``; ``index.camera_centring``): within the
+  query set and within the gallery set, each camera's mean unit descriptor is subtracted before
+  ranking, a transductive step that uses the unlabelled test tracklets of each camera;
 - optionally each descriptor branch alone (``branches``: column ranges of the stored descriptor,
   L2-renormalised; cosine distance only, since re-ranking per branch would triple its cost).
 """
@@ -25,6 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from index.camera_centring import centre_by_camera
 from index.metrics import evaluate_rank, evaluate_ranking_vreid_xfd, session_junk_mask
 from index.rerank import RerankParams, k_reciprocal
 from model.data import Tracklet
@@ -75,11 +79,13 @@ class ReIDEvaluator:
 
     ``leaderboard``: also score with the VReID-XFD organisers' scorer (tracklet names must parse as
     ``<pid>_<tracklet>``). ``branches``: descriptor parts to evaluate alone (ignored unless there
-    are at least two).
+    are at least two). ``camera_centring``: centre query and gallery descriptors per camera (see the
+    module docstring).
     """
 
     def __init__(self, cases: Sequence[EvalCase], rerank: RerankParams | None = None, max_rank: int = 50,
-                 leaderboard: bool = False, branches: Sequence[DescriptorPart] = ()) -> None:
+                 leaderboard: bool = False, branches: Sequence[DescriptorPart] = (),
+                 camera_centring: bool = False) -> None:
         if not cases:
             raise ValueError("the evaluator needs at least one case")
         self.cases = list(cases)
@@ -87,6 +93,7 @@ class ReIDEvaluator:
         self.max_rank = max_rank
         self.leaderboard = leaderboard
         self.branches = list(branches) if len(branches) > 1 else []
+        self.camera_centring = camera_centring
         self.report: EvalReport | None = None
         self._desc: dict[str, np.ndarray] = {}
 
@@ -112,8 +119,14 @@ class ReIDEvaluator:
             raise ValueError(f"{len(missing)} {what} tracklet(s) were never processed, e.g. {missing[0]}")
         return np.stack([self._desc[tracklet_key(t)] for t in records])
 
+    def _unit(self, raw: np.ndarray, records: Sequence[Tracklet]) -> np.ndarray:
+        """Unit rows of ``raw [N, D]`` (descriptors of ``records``), camera-centred if asked."""
+        if self.camera_centring:
+            return centre_by_camera(raw, [(t.platform, t.camera) for t in records])
+        return l2_normalise(raw)
+
     def _features(self, records: Sequence[Tracklet], what: str) -> np.ndarray:
-        return l2_normalise(self._raw(records, what))
+        return self._unit(self._raw(records, what), records)
 
     def _positive_kinds(self, case: EvalCase, dists: list[np.ndarray]) -> dict[str, RankVariants]:
         """The cross-session protocol of ``case`` for the distance matrices ``dists`` ([plain] or
@@ -172,8 +185,8 @@ class ReIDEvaluator:
             if part.stop > raw_q.shape[1]:
                 raise ValueError(f"branch {part.name!r} spans columns {part.start}:{part.stop} but the "
                                  f"descriptors have {raw_q.shape[1]}")
-            qf = l2_normalise(raw_q[:, part.start:part.stop])
-            gf = l2_normalise(raw_g[:, part.start:part.stop])
+            qf = self._unit(raw_q[:, part.start:part.stop], case.query)
+            gf = self._unit(raw_g[:, part.start:part.stop], case.gallery)
             q_pids, q_cams = _labels(case.query)
             g_pids, g_cams = _labels(case.gallery)
             res = evaluate_rank(cosine_distance(qf, gf), q_pids, g_pids, q_cams, g_cams, self.max_rank)
@@ -186,5 +199,6 @@ class ReIDEvaluator:
             cases=[self._evaluate_case(c) for c in self.cases],
             rerank_params=self.rerank.to_dict() if self.rerank is not None else None,
             branches=[self._evaluate_branch(p) for p in self.branches],
+            camera_centring=self.camera_centring,
         )
         return self.report.metrics()

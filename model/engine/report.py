@@ -180,6 +180,7 @@ class EvalReport:
     rerank_params: dict[str, float] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     branches: list[BranchReport] = field(default_factory=list)  # empty for a single-branch descriptor
+    camera_centring: bool = False  # descriptors centred per camera before ranking (ReIDEvaluator)
 
     @property
     def map3(self) -> tuple[float, float]:
@@ -320,6 +321,7 @@ class EvalReport:
         out["cases"] = [case_dict(c) for c in self.cases]
         out[self.mean_name] = _means_dict(self.map3)
         out["rerank_params"] = self.rerank_params
+        out["camera_centring"] = self.camera_centring
         out["meta"] = self.meta
         rr = self.map3_reranked
         if rr is not None:
@@ -399,6 +401,8 @@ class EvalReport:
             lines += self._scorer_lines()
         if self.branches:
             lines += self._branch_lines()
+        if self.camera_centring:
+            lines.append("camera-wise centring: each camera's mean descriptor removed in the query and gallery sets")
         if self.rerank_params:
             p = self.rerank_params
             lines.append(f"re-ranking: k-reciprocal k1={p['k1']:g} k2={p['k2']:g} lambda={p['lambda']:g}")

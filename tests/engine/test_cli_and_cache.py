@@ -49,6 +49,13 @@ def test_cli_train_then_evaluate_uses_training_cache(easy_root: Path, tmp_path: 
     assert all(len(r[3].split(" ")) == 6 for r in rows[1:])
     with Image.open(png) as im:
         assert im.format == "PNG"
+    # Camera-wise centring re-ranks the cached descriptors: nothing embedded again, and said so.
+    js2 = tmp_path / "centred.json"
+    assert main(["evaluate", "--data", str(root), "--checkpoint", str(run / "final"), "--camera-centring",
+                 "--json", str(js2), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "embedded 0, from cache 27" in out and "camera-wise centring" in out
+    assert json.loads(js2.read_text())["camera_centring"] is True and report["camera_centring"] is False
 
 
 def test_descriptor_cache_hit_and_invalidation(easy_root: Path, tmp_path: Path, make_tiny_checkpoint):
