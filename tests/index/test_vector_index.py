@@ -18,14 +18,15 @@ def test_registry_lists_every_kind_once_and_names_them_in_errors() -> None:
     kinds = index_kinds()
     assert kinds[0] == "flat" and {"flat", "ivf", "hnsw"} <= set(kinds)
     assert all(INDEX_KINDS[k].kind == k and issubclass(INDEX_KINDS[k], VectorIndex) for k in kinds)
-    with pytest.raises(ValueError, match=r"unknown index kind 'annoy'; valid kinds: flat, hnsw, ivf"):
+    with pytest.raises(ValueError, match=r"unknown index kind 'annoy'; valid kinds: flat, hnsw, ivf, milvus"):
         make_index("annoy", 8)
     with pytest.raises(ValueError, match="valid kinds: flat"):
         Gallery(8, kind="annoy")
     with pytest.raises(ValueError, match="unknown index kind 'annoy'"):
         Settings(_env_prefix="SASREID_TEST_UNUSED_", index="annoy")
     for kind in kinds:
-        assert Settings(_env_prefix="SASREID_TEST_UNUSED_", index=kind).index == kind
+        extra = {"milvus_uri": "gallery.db"} if kind == "milvus" else {}
+        assert Settings(_env_prefix="SASREID_TEST_UNUSED_", index=kind, **extra).index == kind
 
 
 @pytest.mark.parametrize("cls", [VectorIndex, SnapshotIndex])
@@ -57,3 +58,11 @@ def test_each_faiss_kind_round_trips_through_its_bytes(kind: str) -> None:
     assert back.search(x[5:6], 1).tolist() == [15]
     with pytest.raises(ValueError, match=r"not a FAISS index|expected"):
         type(index).restore(8, options, b"not an index", trained, use_gpu=False)
+
+
+def test_milvus_settings_need_a_uri_and_refuse_snapshots(tmp_path) -> None:
+    with pytest.raises(ValueError, match="index milvus needs milvus_uri"):
+        Settings(_env_prefix="SASREID_TEST_UNUSED_", index="milvus")
+    with pytest.raises(ValueError, match="snapshot_dir is for the FAISS index kinds"):
+        Settings(_env_prefix="SASREID_TEST_UNUSED_", index="milvus", milvus_uri="x.db", snapshot_dir=tmp_path)
+    assert Settings(_env_prefix="SASREID_TEST_UNUSED_", index="milvus", milvus_uri="x.db").milvus_uri == "x.db"
