@@ -26,12 +26,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablation import loadavg
 from baseline_color_hist import evaluate_color_hist
+from real_images import branch_table
 from results import RESULTS, machine_line, write_section
 
 from model.engine.config import TrainConfig
 from model.engine.evaluate import evaluate_checkpoint
 from model.engine.evaluator import RerankParams
-from model.engine.report import FUSED, EvalReport, markdown_table
+from model.engine.report import EvalReport, markdown_table
 from model.engine.trainer import CONFIG_FILE
 
 SECTION = "Camera-wise centring on real images (PETA-dev)"
@@ -46,14 +47,6 @@ def run_label(run: Path) -> str:
     return f"{cfg.model}, seed {cfg.seed}" + (f" ({', '.join(changed)})" if changed else "")
 
 
-def branch_rows(name: str, report: EvalReport) -> list[str]:
-    """Markdown rows: each branch's case mAPs and mean (the fused row is the descriptor)."""
-    table = [(b.label, [m.mAP for m in b.cases]) for b in report.branches]
-    table.append((FUSED, [c.plain.mAP for c in report.cases]))
-    return [f"| {name} | {label} | " + " | ".join(f"{v:.2f}" for v in values) + f" | {np.mean(values):.2f} |"
-            for label, values in table]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="dataset root (DetReIDX layout)")
@@ -66,7 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     start_load = loadavg()
     rerank = RerankParams()
     named: list[tuple[str, EvalReport]] = []
-    branches: list[str] = []
     summary: dict[str, dict[str, float]] = {}
     for centred in (False, True):
         suffix = ", camera-centred" if centred else ""
@@ -79,11 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             report = evaluate_checkpoint(args.data, run / "final", rerank=True, k1=rerank.k1, k2=rerank.k2,
                                          lambda_value=rerank.lambda_value, progress=False, camera_centring=centred)
             named.append((label + suffix, report))
-            branches += branch_rows(label + suffix, report)
             summary[label + suffix] = {"mAP-3": report.map3[0], "embedded": report.meta["embedded_tracklets"]}
     model_rows = [(n, r) for n, r in named if not n.startswith("HSV")]
     means = {c: np.mean([r.map3[0] for n, r in model_rows if n.endswith("camera-centred") == c]) for c in (False, True)}
-    labels = [c.label for c in named[0][1].cases]
     body = "\n".join([
         machine_line(torch),
         "",
@@ -104,9 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Each branch alone (no re-ranking):",
         "",
-        "| run | descriptor | " + " | ".join(f"{lb} mAP" for lb in labels) + " | mAP-3 |",
-        "|:---|:---|" + "---:|" * (len(labels) + 1),
-        *branches,
+        branch_table([{"name": n, "report": r} for n, r in model_rows]),
         *(["", args.notes] if args.notes else []),
     ])
     write_section(SECTION, body, args.results)
