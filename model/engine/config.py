@@ -53,6 +53,9 @@ class TrainConfig:
     gamma: float = 0.1
     weight_decay: float = 1e-4  # paper silent; CLIP-ReID-family value, coupled L2 (Adam)
     grad_clip: float | None = None  # max global grad norm; None = no clipping (paper)
+    # Decay of an exponential moving average of the weights, served as final/ (the last iterate
+    # stays in checkpoints/); None = off (paper). model.engine.weight_average.
+    weight_average: float | None = None
     # -- batch (paper 4.2) --
     p: int = 4  # identities per batch
     k: int = 4  # tracklets per identity
@@ -138,6 +141,8 @@ class TrainConfig:
             (self.frame_cache_mb >= 0, f"frame_cache_mb must be >= 0, got {self.frame_cache_mb}"),
             (0 <= self.jitter_p <= 1 and 0 <= self.gray_p <= 1, "jitter_p and gray_p must be in [0, 1]"),
             (0 <= self.jitter < 1, f"jitter must be in [0, 1), got {self.jitter}"),
+            (self.weight_average is None or 0 < self.weight_average < 1,
+             f"weight_average (decay) must be in (0, 1), got {self.weight_average}"),
             (self.schedule in ("step", "cosine"), f"schedule must be step|cosine, got {self.schedule!r}"),
             (self.memory_init in ("online", "centroids"), f"memory_init must be online|centroids, got {self.memory_init!r}"),
             (self.descriptor_weights is None or (len(self.descriptor_weights) == 3 and min(self.descriptor_weights) >= 0

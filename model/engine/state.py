@@ -63,6 +63,7 @@ class TrainingState:
     sampler: dict[str, int]
     fingerprint: str
     train_config: dict[str, Any]
+    weight_average: dict[str, Any] | None = None  # WeightAverage.state_dict() when the run averages
 
     def save(self, directory: Path) -> Path:
         """Write ``directory/training_state.pt`` atomically."""
@@ -85,7 +86,8 @@ class TrainingState:
         if data.get("version") != STATE_VERSION:
             raise ValueError(f"{path}: training state version {data.get('version')}, expected {STATE_VERSION}")
         fields = TrainingState.__dataclass_fields__
-        return TrainingState(**{k: data[k] for k in fields})
+        optional = {"weight_average"}
+        return TrainingState(**{k: data.get(k) if k in optional else data[k] for k in fields})
 
 
 def latest_state_dir(run_dir: Path) -> Path | None:

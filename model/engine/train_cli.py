@@ -88,6 +88,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--jitter", type=float, default=None, help="jitter factors drawn from [1 - J, 1 + J]")
     g.add_argument("--gray-p", type=float, default=None, help="probability of a greyscale tracklet (0 = off)")
     g.add_argument("--grad-clip", type=float, default=None, help="clip the global grad norm (default: off)")
+    g.add_argument("--weight-average", type=float, default=None, metavar="DECAY",
+                   help="serve an exponential moving average of the weights with this decay, e.g. 0.999 "
+                        "(default: off, the paper's last iterate; checkpoints/ keep the last iterate)")
     m = parser.add_argument_group("model options and ablations")
     m.add_argument("--no-mgtm", action="store_const", const=False, default=None, help="ablation: no MGTM branch")
     m.add_argument("--no-prsd", action="store_const", const=False, default=None, help="ablation: no PRSD branch")

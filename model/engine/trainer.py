@@ -49,6 +49,7 @@ from model.engine.state import (
     set_rng_states,
 )
 from model.engine.train_loader import TrainLoader, build_train_loader
+from model.engine.weight_average import WeightAverage
 from model.sasreid import SASVPReID, build_model, decays
 
 CONFIG_FILE = "train_config.json"
@@ -174,6 +175,7 @@ class Trainer:
                                            self.cfg.warmup_start_lr / self.cfg.lr_new, self.cfg.milestones,
                                            self.cfg.gamma, total)
         self.forward = torch.compile(self.model) if self.cfg.compile else self.model
+        self.average = WeightAverage(self.model, self.cfg.weight_average) if self.cfg.weight_average else None
         self.start_epoch, self.global_iter = 0, 0
 
     def _restore(self) -> None:
@@ -192,6 +194,10 @@ class Trainer:
         self.optimizer.load_state_dict(state.optimizer)
         self.schedule.load_state_dict(state.schedule)
         set_rng_states(state.rng)
+        if self.average is not None:
+            if state.weight_average is None:
+                raise TrainingError(f"{state_dir}: the run averages its weights but the training state holds no average")
+            self.average.load_state_dict(state.weight_average)
         self.start_epoch, self.global_iter = state.epoch, state.global_iter
         self.log.write("resume", from_epoch=state.epoch, checkpoint=state_dir, global_iter=state.global_iter)
 
@@ -209,6 +215,7 @@ class Trainer:
             schedule=self.schedule.state_dict(), rng=rng_states(),
             sampler={"seed": self.loader.sampler.seed, "epoch": epoch}, fingerprint=fingerprint,
             train_config=self.cfg.to_dict(),
+            weight_average=self.average.state_dict() if self.average is not None else None,
         ).save(directory)
         prune_states(self.run_dir, self.cfg.keep_states)
         self.log.write("checkpoint", epoch=epoch, path=directory, fingerprint=fingerprint)
@@ -254,6 +261,8 @@ class Trainer:
             if cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
+            if self.average is not None:
+                self.average.update(self.model)
             values = {k: float(v.detach()) for k, v in terms.items()}
             if not math.isfinite(values["total"]):
                 raise TrainingError(f"non-finite loss at epoch {epoch + 1}, iteration {it}: {values}")
@@ -316,6 +325,19 @@ class Trainer:
             if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.epochs:
                 self.evaluate(done)
         train_seconds = time.perf_counter() - start
+        with self._served_weights():
+            result = self._finish(train_seconds)
+        if self.average is not None:
+            self.model.fingerprint = None  # the model holds the last iterate again, not final/'s weights
+        return result
+
+    def _served_weights(self) -> contextlib.AbstractContextManager:
+        """The weights ``final/`` serves: the running average when the run keeps one."""
+        return self.average.applied(self.model) if self.average is not None else contextlib.nullcontext()
+
+    def _finish(self, train_seconds: float) -> TrainResult:
+        cfg = self.cfg
+        self.model.fingerprint = None
         final = self.run_dir / FINAL_DIR
         fingerprint = save_checkpoint(self.model, final, extra=self._extra(cfg.epochs))
         report = None
@@ -328,5 +350,6 @@ class Trainer:
                 (self.run_dir / "eval_final.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n",
                                                               encoding="utf-8")
         self.log.write("end", final=final, fingerprint=fingerprint, epochs=cfg.epochs,
-                       train_seconds=round(train_seconds, 3))
+                       train_seconds=round(train_seconds, 3),
+                       final_weights="average" if self.average is not None else "last iterate")
         return TrainResult(self.run_dir, final, cfg.epochs, train_seconds, report)
