@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from index.store.base import PutResult, Store, StoreInfo
+from index.store.base import DEFAULT_CHANGE_RETENTION, Change, PutResult, Store, StoreInfo
 from index.store.errors import (
+    ChangesTrimmed,
     DimensionMismatch,
     FingerprintMismatch,
     InvalidRecord,
@@ -31,8 +32,11 @@ from index.store.redis_store import DEFAULT_PREFIX, RedisStore
 from index.store.sqlite_store import SQLiteStore
 
 __all__ = [
+    "DEFAULT_CHANGE_RETENTION",
     "DEFAULT_PREFIX",
     "PLATFORMS",
+    "Change",
+    "ChangesTrimmed",
     "DimensionMismatch",
     "FingerprintMismatch",
     "InvalidRecord",

@@ -6,7 +6,13 @@ Both backends keep the same invariants, so the FAISS index can always be rebuilt
   store's dimension (both fixed by the first write, switched only by ``replace_descriptors``);
 * each tracklet has an int64 ``int_id`` from a persisted counter that is never reused, even after
   deletes (gaps are allowed);
-* every write call is one transaction: it is fully applied or not at all.
+* every write call is one transaction: it is fully applied or not at all;
+* every write call that adds or removes tracklets appends, in the same transaction, one ``Change``
+  per tracklet to a change feed (``changes_since``): a replica keeping an in-process view of the
+  gallery (metadata, neighbour graph, a local FAISS index) learns other processes' writes from it.
+  The feed has a strictly increasing sequence number in commit order and keeps the newest
+  ``change_retention`` changes (trimmed by the writes themselves); a reader further behind gets
+  ``ChangesTrimmed`` and reconciles with the store's contents instead.
 """
 
 from __future__ import annotations
@@ -16,13 +22,40 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Literal
 
 import numpy as np
 
-from index.store.errors import DimensionMismatch, FingerprintMismatch, InvalidRecord, TrackletConflict
+from index.store.errors import (
+    ChangesTrimmed,
+    DimensionMismatch,
+    FingerprintMismatch,
+    InvalidRecord,
+    TrackletConflict,
+)
 from index.store.record import Record, validate_descriptor, validate_frames
 
-SCHEMA_VERSION = 1
+# 2: the change feed (SQLite table ``changes``, Redis ``change_seq`` + ``changes``). A package that
+# writes without feeding it must not open such a store, so the version was raised with it.
+SCHEMA_VERSION = 2
+# Changes kept in the feed: a replica polling every 0.25 s falls out of this window only after
+# 100k writes between two polls (or a long outage); it then reconciles with the store.
+DEFAULT_CHANGE_RETENTION = 100_000
+MAX_CHANGES_LIMIT = 100_000
+
+ChangeOp = Literal["add", "remove"]
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of the change feed: tracklet ``tracklet_id`` (int id ``int_id``) was stored
+    (``add``) or deleted (``remove``) by the write with sequence number ``seq``. A descriptor
+    replacement is a ``remove`` then an ``add`` of the same ids (the record changed in place)."""
+
+    seq: int
+    op: ChangeOp
+    tracklet_id: str
+    int_id: int
 
 
 @dataclass(frozen=True)
@@ -107,6 +140,32 @@ class Store(ABC):
     @abstractmethod
     def _replace_descriptors(self, fingerprint: str, items: dict[str, np.ndarray], dim: int | None) -> int:
         """Backend part of ``replace_descriptors``; must verify coverage inside its transaction."""
+
+    # ---- change feed --------------------------------------------------------------------
+    def changes_since(self, seq: int, limit: int = 1000) -> tuple[list[Change], int]:
+        """The changes after position ``seq`` (oldest first, at most ``limit``) and the position to
+        ask from next time (the last returned change's ``seq``, or ``seq`` when there is none).
+
+        Start from ``change_head()`` read before loading the gallery from the store: changes
+        already reflected in what was loaded come again, so applying a change must be idempotent.
+        Raises ``ChangesTrimmed`` when changes after ``seq`` were already trimmed from the feed,
+        or ``seq`` is past the head.
+        """
+        check_position(seq)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_CHANGES_LIMIT:
+            raise InvalidRecord(f"limit must be an int in [1, {MAX_CHANGES_LIMIT}], got {limit!r}")
+        changes, oldest, head = self._changes_since(seq, limit)
+        if seq > head or (seq < head and (oldest is None or oldest > seq + 1)):
+            raise ChangesTrimmed(seq, oldest, head)
+        return changes, changes[-1].seq if changes else seq
+
+    @abstractmethod
+    def _changes_since(self, seq: int, limit: int) -> tuple[list[Change], int | None, int]:
+        """(changes after ``seq``, oldest retained seq or None, head), read in one transaction."""
+
+    @abstractmethod
+    def change_head(self) -> int:
+        """The sequence number of the newest change (0 before the first)."""
 
     # ---- reads --------------------------------------------------------------------------
     @abstractmethod
@@ -230,6 +289,17 @@ def check_page(offset: int, limit: int) -> None:
         raise InvalidRecord(f"offset must be an int >= 0, got {offset!r}")
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise InvalidRecord(f"limit must be an int >= 1, got {limit!r}")
+
+
+def check_retention(retention: int) -> int:
+    if isinstance(retention, bool) or not isinstance(retention, int) or retention < 1:
+        raise InvalidRecord(f"change_retention must be an int >= 1, got {retention!r}")
+    return retention
+
+
+def check_position(seq: int) -> None:
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise InvalidRecord(f"change-feed position must be an int >= 0, got {seq!r}")
 
 
 def check_batch_size(batch: int) -> None:

@@ -63,6 +63,23 @@ class StoreUnavailable(StoreError):
     """The backing database cannot be reached (connection refused, timeout)."""
 
 
+class ChangesTrimmed(StoreError):
+    """A change-feed reader asked for changes the store no longer retains (it fell further behind
+    than the retention bound), or for a position past the feed's head (the store was replaced).
+    The reader cannot catch up change by change: it must reconcile with the store's contents."""
+
+    def __init__(self, position: int, oldest: int | None, head: int) -> None:
+        self.position = position
+        self.oldest = oldest
+        self.head = head
+        if position > head:
+            why = f"is past the feed's head {head} (the store was emptied or replaced)"
+        else:
+            kept = f"changes {oldest}..{head}" if oldest is not None else "no changes"
+            why = f"is older than the retained window ({kept} are kept)"
+        super().__init__(f"change-feed position {position} {why}; reconcile with the store instead")
+
+
 class SchemaVersionError(StoreError):
     """The database was written by a newer (or unknown) schema version of this package."""
 

@@ -12,6 +12,9 @@ key                   type    content
 ``P i:<identity>``    set     tracklet ids of one identity
 ``P identities``      zset    identity names, all with score 0 so ZRANGE pages them in byte order
 ``P f:<tracklet>``    list    kept frames (encoded images), in order
+``P change_seq``      string  head of the change feed (last sequence number handed out)
+``P changes``         zset    the change feed: member ``"<seq> <op> <int id> <tracklet id>"``,
+                              score seq; the newest ``change_retention`` are kept
 ====================  ======  ==============================================================
 
 Writes are MULTI/EXEC transactions (a record, its identity-set membership and the indexes change
@@ -21,6 +24,12 @@ are WATCHed and the transaction is retried if another client changed them. Int i
 with INCRBY just before MULTI, so an aborted attempt leaves a gap but never a reused id. A write is
 acknowledged once EXEC returns; how durable that is depends on the server's persistence settings
 (``appendonly yes`` with ``appendfsync always`` survives a kill -9 of the server).
+
+Change feed: a write's change records are appended by a Lua script queued inside the same MULTI,
+so they commit with the data or not at all. The script takes the sequence numbers from
+``change_seq`` when EXEC runs, not before: numbers are then in commit order, and a reader that has
+seen number n has seen every change below n (numbers reserved before MULTI could commit out of
+order and a reader would skip the late one).
 """
 
 from __future__ import annotations
@@ -39,7 +48,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from index.store.base import (
+    DEFAULT_CHANGE_RETENTION,
     SCHEMA_VERSION,
+    Change,
+    ChangeOp,
     PutResult,
     Store,
     StoreInfo,
@@ -47,6 +59,7 @@ from index.store.base import (
     check_batch_size,
     check_page,
     check_replacement_coverage,
+    check_retention,
     resolve_existing,
     with_int_id,
 )
@@ -72,14 +85,35 @@ DEFAULT_PREFIX = "sasreid:"
 # bound turns a livelock into an error instead of a hang.
 _MAX_ATTEMPTS = 100
 _READ_CHUNK = 500
+# KEYS: change_seq, changes. ARGV: retention, op, then int id and tracklet id per change.
+_APPEND_CHANGES = """
+local n = (#ARGV - 2) / 2
+local last = redis.call('INCRBY', KEYS[1], n)
+for i = 1, n do
+  local seq = last - n + i
+  redis.call('ZADD', KEYS[2], seq, seq .. ' ' .. ARGV[2] .. ' ' .. ARGV[1 + 2 * i] .. ' ' .. ARGV[2 + 2 * i])
+end
+local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[1])
+if excess > 0 then
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, excess - 1)
+end
+return last
+"""
 
 T = TypeVar("T")
 
 
 class RedisStore(Store):
-    def __init__(self, url: str, prefix: str = DEFAULT_PREFIX, socket_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str = DEFAULT_PREFIX,
+        socket_timeout: float = 30.0,
+        change_retention: int = DEFAULT_CHANGE_RETENTION,
+    ) -> None:
         if not isinstance(prefix, str) or not prefix:
             raise InvalidRecord(f"prefix must be a non-empty string, got {prefix!r}")
+        self._retention = check_retention(change_retention)
         self.url = url
         self.prefix = prefix
         self._client: redis.Redis = redis.Redis.from_url(
@@ -95,6 +129,8 @@ class RedisStore(Store):
         self._counter = p + b"next_int_id"
         self._tracklets = p + b"tracklets"
         self._identities = p + b"identities"
+        self._change_seq = p + b"change_seq"
+        self._changes = p + b"changes"
         try:
             with self._errors():
                 schema = self._client.hget(self._meta, "schema")
@@ -107,6 +143,17 @@ class RedisStore(Store):
                 f"{url} prefix {prefix!r} has schema version {int(schema)}; "
                 f"this package reads up to {SCHEMA_VERSION}"
             )
+        if schema is not None and int(schema) < SCHEMA_VERSION:
+            # Version 1 had no change feed; its keys start empty. Raising the stored version keeps
+            # packages that write without feeding it from opening the store from now on.
+            try:
+                with self._errors():
+                    self._client.hset(self._meta, "schema", SCHEMA_VERSION)
+            except StoreReadOnly:
+                pass  # a read-only replica: nothing is written through this client anyway
+            except BaseException:
+                self._client.close()
+                raise
 
     # ---- keys and encoding --------------------------------------------------------------
     def _tkey(self, tracklet_id: str) -> bytes:
@@ -193,6 +240,15 @@ class RedisStore(Store):
                         continue
         raise StoreError(f"redis at {self.url}: gave up after {_MAX_ATTEMPTS} conflicting concurrent writes")
 
+    def _queue_changes(self, pipe: Any, op: ChangeOp, items: Sequence[tuple[str, int]]) -> None:
+        """Queue the feed append of ``items`` (tracklet id, int id) into the open MULTI."""
+        if not items:
+            return
+        args: list[object] = [self._retention, op]
+        for tracklet_id, int_id in items:
+            args += [int(int_id), tracklet_id]
+        pipe.eval(_APPEND_CHANGES, 2, self._change_seq, self._changes, *args)
+
     def _rows(self, keys: Sequence[bytes]) -> list[dict[bytes, bytes]]:
         """HGETALL of many keys, pipelined in chunks (empty dict for a missing key)."""
         out: list[dict[bytes, bytes]] = []
@@ -238,6 +294,9 @@ class RedisStore(Store):
                     pipe.delete(self._fkey(tid))
                     pipe.rpush(self._fkey(tid), *frame_list)
                 results[i] = PutResult(record=stored, created=True)
+            self._queue_changes(
+                pipe, "add", [(records[i].tracklet_id, first_id + offset) for offset, i in enumerate(new)]
+            )
             if info.fingerprint is None:
                 first = records[new[0]]
                 pipe.hset(
@@ -258,7 +317,8 @@ class RedisStore(Store):
             if raw is None:
                 pipe.unwatch()
                 return False
-            identity = json.loads(raw)["identity"]
+            fields = json.loads(raw)
+            identity = fields["identity"]
             ikey = self._ikey(identity)
             pipe.watch(ikey)
             remaining = int(pipe.scard(ikey))
@@ -268,6 +328,7 @@ class RedisStore(Store):
             pipe.srem(ikey, tracklet_id)
             if remaining <= 1:
                 pipe.zrem(self._identities, identity)
+            self._queue_changes(pipe, "remove", [(tracklet_id, int(fields["int_id"]))])
             pipe.execute()
             return True
 
@@ -279,6 +340,12 @@ class RedisStore(Store):
         def body(pipe: Any) -> list[str]:
             pipe.watch(ikey)
             members = sorted(m.decode() for m in pipe.smembers(ikey))
+            # A member's int id cannot change while it is a member (the WATCHed set would change).
+            scores = pipe.zmscore(self._tracklets, members) if members else []
+            gone = sorted(
+                ((tid, int(score)) for tid, score in zip(members, scores, strict=True) if score is not None),
+                key=lambda item: item[1],
+            )
             pipe.multi()
             for tid in members:
                 pipe.delete(self._tkey(tid), self._fkey(tid))
@@ -286,6 +353,7 @@ class RedisStore(Store):
                 pipe.zrem(self._tracklets, *members)
             pipe.delete(ikey)
             pipe.zrem(self._identities, identity)
+            self._queue_changes(pipe, "remove", gone)
             pipe.execute()
             return members
 
@@ -311,7 +379,8 @@ class RedisStore(Store):
     def _replace_descriptors(self, fingerprint: str, items: dict[str, np.ndarray], dim: int | None) -> int:
         def body(pipe: Any) -> int:
             pipe.watch(self._meta, self._tracklets)
-            stored = [m.decode() for m in pipe.zrange(self._tracklets, 0, -1)]
+            page = pipe.zrange(self._tracklets, 0, -1, withscores=True)
+            stored = [m.decode() for m, _ in page]
             check_replacement_coverage(set(stored), set(items))
             rows = self._rows([self._tkey(t) for t in stored])
             pipe.multi()
@@ -331,10 +400,33 @@ class RedisStore(Store):
                 pipe.hdel(self._meta, "dim")
             else:
                 pipe.hset(self._meta, "dim", dim)
+            # Every record changed in place: readers drop their copy and read the new one.
+            changed = [(m.decode(), int(score)) for m, score in page]
+            self._queue_changes(pipe, "remove", changed)
+            self._queue_changes(pipe, "add", changed)
             pipe.execute()
             return len(stored)
 
         return self._transact(body)
+
+    # ---- change feed --------------------------------------------------------------------
+    def _changes_since(self, seq: int, limit: int) -> tuple[list[Change], int | None, int]:
+        with self._errors():
+            # One MULTI: the page, the oldest retained change and the head agree.
+            pipe = self._client.pipeline(transaction=True)
+            pipe.zrangebyscore(self._changes, f"({seq}", "+inf", start=0, num=limit)
+            pipe.zrange(self._changes, 0, 0, withscores=True)
+            pipe.get(self._change_seq)
+            members, first, head = pipe.execute()
+        changes = []
+        for member in members:
+            number, op, int_id, tracklet_id = member.decode().split(" ", 3)
+            changes.append(Change(int(number), op, tracklet_id, int(int_id)))  # type: ignore[arg-type]
+        return changes, int(first[0][1]) if first else None, int(head or 0)
+
+    def change_head(self) -> int:
+        with self._errors():
+            return int(self._client.get(self._change_seq) or 0)
 
     # ---- reads --------------------------------------------------------------------------
     def get(self, tracklet_id: str) -> Record | None:

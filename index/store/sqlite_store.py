@@ -10,7 +10,10 @@ Schema (``PRAGMA user_version`` = ``SCHEMA_VERSION``):
 * ``meta(key, value)``: ``fingerprint``, ``dim`` and ``next_int_id`` (the int id counter; kept
   here rather than derived from ``MAX(int_id)`` so deleting the newest tracklet never frees its id);
 * ``tracklets``: one row per record, descriptor as a little-endian float32 BLOB, indexed by identity;
-* ``frames(int_id, seq, data)``: kept frames, deleted with their tracklet (foreign key cascade).
+* ``frames(int_id, seq, data)``: kept frames, deleted with their tracklet (foreign key cascade);
+* ``changes(seq, op, tracklet_id, int_id)``: the change feed, appended by the write transaction it
+  describes; ``meta.change_seq`` is its head (kept in ``meta`` so trimming never frees a number).
+  Version 1 files get the (empty) table when opened.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from index.store.base import (
+    DEFAULT_CHANGE_RETENTION,
     SCHEMA_VERSION,
+    Change,
+    ChangeOp,
     PutResult,
     Store,
     StoreInfo,
@@ -32,6 +38,7 @@ from index.store.base import (
     check_batch_size,
     check_page,
     check_replacement_coverage,
+    check_retention,
     resolve_existing,
     with_int_id,
 )
@@ -79,6 +86,15 @@ CREATE TABLE IF NOT EXISTS frames (
     PRIMARY KEY (int_id, seq)
 );
 """
+# Schema version 2: the change feed (see the module docstring).
+_CHANGES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY,
+    op TEXT NOT NULL CHECK (op IN ('add', 'remove')),
+    tracklet_id TEXT NOT NULL,
+    int_id INTEGER NOT NULL
+)
+"""
 
 # SQLite primary result codes (sqlite3 exposes them as constants only from Python 3.11).
 _SQLITE_BUSY = 5
@@ -94,7 +110,8 @@ _COLUMNS = (
 
 
 class SQLiteStore(Store):
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, change_retention: int = DEFAULT_CHANGE_RETENTION) -> None:
+        self._retention = check_retention(change_retention)
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,6 +143,10 @@ class SQLiteStore(Store):
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('next_int_id', '1')")
+            if version < 2:
+                conn.execute(_CHANGES_SCHEMA)
+                conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('change_seq', '0')")
+            if version < SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # ---- helpers ------------------------------------------------------------------------
@@ -288,12 +309,29 @@ class SQLiteStore(Store):
                 conn.execute(
                     "UPDATE meta SET value = ? WHERE key = 'next_int_id'", (str(next_id + len(new)),)
                 )
+                self._append_changes(
+                    conn, "add", [(records[i].tracklet_id, next_id + offset) for offset, i in enumerate(new)]
+                )
                 first = records[new[0]]
                 conn.execute(
                     "INSERT OR IGNORE INTO meta(key, value) VALUES ('fingerprint', ?), ('dim', ?)",
                     (first.fingerprint, str(first.dim)),
                 )
         return [r for r in results if r is not None]
+
+    def _append_changes(self, conn: sqlite3.Connection, op: ChangeOp, items: Sequence[tuple[str, int]]) -> None:
+        """Append one change per (tracklet id, int id) inside the caller's write transaction, and
+        trim the feed to the newest ``change_retention`` changes."""
+        if not items:
+            return
+        last = int(conn.execute("SELECT value FROM meta WHERE key = 'change_seq'").fetchone()[0])
+        conn.executemany(
+            "INSERT INTO changes(seq, op, tracklet_id, int_id) VALUES (?, ?, ?, ?)",
+            [(last + 1 + n, op, tid, int_id) for n, (tid, int_id) in enumerate(items)],
+        )
+        head = last + len(items)
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'change_seq'", (str(head),))
+        conn.execute("DELETE FROM changes WHERE seq <= ?", (head - self._retention,))
 
     @staticmethod
     def _write_frames(conn: sqlite3.Connection, int_id: int, frames: list[bytes]) -> None:
@@ -305,17 +343,25 @@ class SQLiteStore(Store):
 
     def delete(self, tracklet_id: str) -> bool:
         with self._transaction() as conn:
+            row = conn.execute("SELECT int_id FROM tracklets WHERE tracklet_id = ?", (tracklet_id,)).fetchone()
+            if row is None:
+                return False
             # frames go with the tracklet through ON DELETE CASCADE
-            return conn.execute("DELETE FROM tracklets WHERE tracklet_id = ?", (tracklet_id,)).rowcount > 0
+            conn.execute("DELETE FROM tracklets WHERE int_id = ?", (row[0],))
+            self._append_changes(conn, "remove", [(tracklet_id, int(row[0]))])
+            return True
 
     def delete_identity(self, identity: str) -> list[str]:
         with self._transaction() as conn:
-            ids = [
-                str(r[0])
-                for r in conn.execute("SELECT tracklet_id FROM tracklets WHERE identity = ?", (identity,))
+            rows = [
+                (str(tid), int(int_id))
+                for tid, int_id in conn.execute(
+                    "SELECT tracklet_id, int_id FROM tracklets WHERE identity = ? ORDER BY int_id", (identity,)
+                )
             ]
             conn.execute("DELETE FROM tracklets WHERE identity = ?", (identity,))
-        return sorted(ids)
+            self._append_changes(conn, "remove", rows)
+        return sorted(tid for tid, _ in rows)
 
     def put_frames(self, tracklet_id: str, frames: Sequence[bytes]) -> None:
         frame_list = validate_frames(frames)
@@ -329,8 +375,11 @@ class SQLiteStore(Store):
 
     def _replace_descriptors(self, fingerprint: str, items: dict[str, np.ndarray], dim: int | None) -> int:
         with self._transaction() as conn:
-            stored = {str(r[0]) for r in conn.execute("SELECT tracklet_id FROM tracklets")}
-            check_replacement_coverage(stored, set(items))
+            rows = [
+                (str(tid), int(int_id))
+                for tid, int_id in conn.execute("SELECT tracklet_id, int_id FROM tracklets ORDER BY int_id")
+            ]
+            check_replacement_coverage({tid for tid, _ in rows}, set(items))
             conn.executemany(
                 "UPDATE tracklets SET descriptor = ?, fingerprint = ? WHERE tracklet_id = ?",
                 [(descriptor_to_bytes(vec), fingerprint, tid) for tid, vec in items.items()],
@@ -341,7 +390,35 @@ class SQLiteStore(Store):
                 conn.execute("DELETE FROM meta WHERE key = 'dim'")
             else:
                 conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('dim', ?)", (str(dim),))
+            # Every record changed in place: readers drop their copy and read the new one.
+            self._append_changes(conn, "remove", rows)
+            self._append_changes(conn, "add", rows)
         return len(items)
+
+    # ---- change feed --------------------------------------------------------------------
+    def _changes_since(self, seq: int, limit: int) -> tuple[list[Change], int | None, int]:
+        with self._lock:
+            self._check_open()
+            # One read transaction: the page, the oldest retained change and the head agree.
+            try:
+                self._conn.execute("BEGIN")
+                try:
+                    rows = self._conn.execute(
+                        "SELECT seq, op, tracklet_id, int_id FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+                        (seq, limit),
+                    ).fetchall()
+                    oldest = self._conn.execute("SELECT MIN(seq) FROM changes").fetchone()[0]
+                    head = self._conn.execute("SELECT value FROM meta WHERE key = 'change_seq'").fetchone()[0]
+                finally:
+                    if self._conn.in_transaction:
+                        self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise self._translated(exc) from exc
+        changes = [Change(int(s), str(op), str(tid), int(i)) for s, op, tid, i in rows]  # type: ignore[arg-type]
+        return changes, None if oldest is None else int(oldest), int(head)
+
+    def change_head(self) -> int:
+        return int(self._read("SELECT value FROM meta WHERE key = 'change_seq'")[0][0])  # type: ignore[arg-type]
 
     # ---- reads --------------------------------------------------------------------------
     def get(self, tracklet_id: str) -> Record | None:

@@ -16,6 +16,8 @@ import pytest
 import redis
 
 from index.store import (
+    Change,
+    ChangesTrimmed,
     DimensionMismatch,
     FingerprintMismatch,
     InvalidRecord,
@@ -425,7 +427,9 @@ def test_redis_key_layout_is_under_the_prefix(redis_server: RedisServer, redis_p
     keys = sorted(k.decode() for k in client.scan_iter(match=f"{redis_prefix}*"))
     client.close()
     suffixes = [k[len(redis_prefix) :] for k in keys]
-    assert suffixes == sorted(["meta", "next_int_id", "tracklets", "t:t1", "i:p1", "identities", "f:t1"])
+    assert suffixes == sorted(
+        ["meta", "next_int_id", "tracklets", "t:t1", "i:p1", "identities", "f:t1", "change_seq", "changes"]
+    )
 
 
 # ---- concurrency --------------------------------------------------------------------------------
@@ -549,6 +553,9 @@ def test_writer_killed_mid_write_leaves_whole_batches_only(opener: Opener, tmp_p
         assert set(per_batch.values()) == {20}, per_batch  # no half-written batch
         assert all(f"b{b}" in per_batch for b in range(acked + 1))  # every acknowledged batch is there
         assert store.count_tracklets() == len(records) == len(store.int_ids())
+        # The feed committed with the data: one add per stored record, none for anything else.
+        adds = {(c.tracklet_id, c.int_id) for c in all_changes(store) if c.op == "add"}
+        assert adds == {(r.tracklet_id, r.int_id) for r in records}
         page, total = store.list_identities(0, 1000)
         assert total == store.count_identities() == len({r.identity for r in records})
         assert sum(n for _, n in page) == len(records)
@@ -556,3 +563,190 @@ def test_writer_killed_mid_write_leaves_whole_batches_only(opener: Opener, tmp_p
             assert len(store.get_identity(name)) == n
     finally:
         store.close()
+
+
+# ---- change feed --------------------------------------------------------------------------------
+def all_changes(store: Store, limit: int = 7) -> list[Change]:
+    """The whole retained feed, read ``limit`` at a time (bounded by the head)."""
+    out: list[Change] = []
+    position = 0
+    for _ in range(store.change_head() + 1):
+        batch, position = store.changes_since(position, limit)
+        if not batch:
+            break
+        out.extend(batch)
+    return out
+
+
+def replay(changes: list[Change]) -> dict[str, int]:
+    """Tracklet id -> int id after applying the feed in order."""
+    state: dict[str, int] = {}
+    for c in changes:
+        if c.op == "add":
+            state[c.tracklet_id] = c.int_id
+        elif state.get(c.tracklet_id) == c.int_id:
+            del state[c.tracklet_id]
+    return state
+
+
+def test_change_feed_records_every_write_in_order(store: Store) -> None:
+    assert store.change_head() == 0
+    assert store.changes_since(0) == ([], 0)
+    a = store.put(make_record("a", "p1"), frames=[b"f"]).record
+    assert store.put(make_record("a", "p1")).created is False  # idempotent re-put: no change
+    batch = [
+        r.record
+        for r in store.put_many([make_record("b", "p2"), make_record("c", "p2"), make_record("a", "p1")])
+    ]
+    store.put_frames("b", [b"x"])  # frames are not part of the feed
+    assert store.delete("a")
+    assert not store.delete("a")  # nothing deleted: nothing recorded
+    assert store.delete_identity("p2") == ["b", "c"]
+    assert store.delete_identity("nobody") == []
+    d = store.put(make_record("a", "p3", content_hash="other")).record  # same id re-enrolled: new int id
+    got = all_changes(store, limit=2)
+    assert [(c.seq, c.op, c.tracklet_id, c.int_id) for c in got] == [
+        (1, "add", "a", a.int_id),
+        (2, "add", "b", batch[0].int_id),
+        (3, "add", "c", batch[1].int_id),
+        (4, "remove", "a", a.int_id),
+        (5, "remove", "b", batch[0].int_id),
+        (6, "remove", "c", batch[1].int_id),
+        (7, "add", "a", d.int_id),
+    ]
+    assert store.change_head() == 7
+    page, last = store.changes_since(2, limit=3)
+    assert [c.seq for c in page] == [3, 4, 5] and last == 5
+    assert store.changes_since(7) == ([], 7)
+    assert replay(got) == {r.tracklet_id: r.int_id for r in store.iter_records()}
+
+    # A descriptor replacement changes every record in place: a remove then an add of each.
+    new = {r.tracklet_id: make_record(r.tracklet_id, dim=DIM * 2).descriptor for r in store.iter_records()}
+    store.replace_descriptors("fp-b", new)
+    tail, _ = store.changes_since(7)
+    assert [(c.op, c.tracklet_id, c.int_id) for c in tail] == [
+        ("remove", "a", d.int_id),
+        ("add", "a", d.int_id),
+    ]
+
+
+def test_failed_writes_append_no_changes(store: Store) -> None:
+    store.put(make_record("a"))
+    head = store.change_head()
+    with pytest.raises(TrackletConflict):
+        store.put_many([make_record("b"), make_record("a", content_hash="different")])
+    with pytest.raises(FingerprintMismatch):
+        store.put(make_record("c", fingerprint="fp-other"))
+    with pytest.raises(TrackletNotFound):
+        store.put_frames("ghost", [b"x"])
+    with pytest.raises(InvalidRecord):
+        store.replace_descriptors("fp-b", {})  # does not cover "a"
+    assert store.change_head() == head
+    assert store.get("b") is None
+
+
+@pytest.mark.parametrize("bad", [-1, True, 1.5, "3"])
+def test_changes_since_rejects_bad_positions(store: Store, bad: object) -> None:
+    with pytest.raises(InvalidRecord, match="position"):
+        store.changes_since(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [0, -3, True, 100_001, None])
+def test_changes_since_rejects_bad_limits(store: Store, bad: object) -> None:
+    with pytest.raises(InvalidRecord, match="limit"):
+        store.changes_since(0, bad)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def small_feed(request: pytest.FixtureRequest, tmp_path: Path, redis_prefix: str) -> Iterator[Store]:
+    """A store that keeps only the newest 5 changes."""
+    if request.param == "sqlite":
+        s: Store = SQLiteStore(tmp_path / "g.db", change_retention=5)
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        s = RedisStore(server.url, prefix=redis_prefix, change_retention=5)
+    yield s
+    s.close()
+
+
+def test_feed_is_trimmed_and_a_reader_that_fell_behind_is_told(small_feed: Store) -> None:
+    store = small_feed
+    store.put_many([make_record(f"t{i}") for i in range(8)])  # one write of 8 > retention
+    assert store.change_head() == 8
+    assert [c.seq for c in all_changes_from(store, 3)] == [4, 5, 6, 7, 8]  # oldest kept is 4
+    with pytest.raises(ChangesTrimmed, match="older than the retained window") as caught:
+        store.changes_since(2)  # change 3 is gone
+    assert (caught.value.position, caught.value.oldest, caught.value.head) == (2, 4, 8)
+    store.delete("t0")
+    store.delete("t1")
+    assert [c.seq for c in all_changes_from(store, 5)] == [6, 7, 8, 9, 10]
+    with pytest.raises(ChangesTrimmed):
+        store.changes_since(4)
+    assert store.changes_since(10) == ([], 10)  # up to date: never behind, whatever is trimmed
+    with pytest.raises(ChangesTrimmed, match="past the feed's head"):
+        store.changes_since(11)  # a position from another (replaced) store
+
+
+def all_changes_from(store: Store, position: int) -> list[Change]:
+    changes, _ = store.changes_since(position, 1000)
+    return changes
+
+
+def test_feed_under_concurrent_writers_is_gapless_and_replays_to_the_contents(store: Store) -> None:
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def worker(w: int) -> None:
+        try:
+            barrier.wait()
+            for i in range(12):
+                store.put(make_record(f"w{w}-{i}", f"id{i % 3}"))
+                store.put(make_record(f"shared-{i}", "shared"))  # the others race for the same ids
+                if i % 4 == 3:
+                    store.delete(f"w{w}-{i - 1}")
+            store.delete_identity(f"id{w % 3}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    changes = all_changes(store, limit=50)
+    assert [c.seq for c in changes] == list(range(1, store.change_head() + 1))  # in commit order, no gaps
+    assert replay(changes) == {r.tracklet_id: r.int_id for r in store.iter_records()}
+    assert (
+        sum(c.op == "add" and c.tracklet_id.startswith("shared") for c in changes) == 12
+    )  # one per creation
+
+
+def test_version_1_stores_are_upgraded_to_the_feed(
+    tmp_path: Path, redis_server: RedisServer, redis_prefix: str
+) -> None:
+    path = tmp_path / "v1.db"
+    with SQLiteStore(path) as store:
+        store.put(make_record("old"))
+    conn = sqlite3.connect(path)  # make it a version 1 file: no feed at all
+    conn.execute("DROP TABLE changes")
+    conn.execute("DELETE FROM meta WHERE key = 'change_seq'")
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    with SQLiteStore(path) as store:
+        assert store.get("old") is not None and store.change_head() == 0
+        new = store.put(make_record("new")).record
+        assert store.changes_since(0) == ([Change(1, "add", "new", new.int_id)], 1)  # type: ignore[arg-type]
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    conn.close()
+
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        client.hset(f"{redis_prefix}meta", "schema", 1)
+        with RedisStore(redis_server.url, prefix=redis_prefix) as store:
+            assert store.change_head() == 0
+        assert int(client.hget(f"{redis_prefix}meta", "schema")) == 2  # type: ignore[arg-type]
+    finally:
+        client.close()
