@@ -21,6 +21,12 @@ the raw similarity) and identities are aggregated over the re-ranked pool only.
 
 A ``Gallery`` is safe to share between threads: searches run concurrently under a read lock,
 updates take the write lock.
+
+Several processes (API replicas) may share one store and, with a ``durable`` index (Milvus), one
+vector index; each keeps its own metadata table and neighbour graph and learns the others' writes
+from the store's change feed (``apply_changes``). Until it has, a shared index can return ids this
+gallery does not know yet, or lack ids it still lists: searches skip both, so a replica answers
+from the state it has applied, never with an error.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from index.neighbor_graph import GalleryNeighborGraph
 from index.ranking import group_by_identity, rank_identities, sort_hits
 from index.rerank import RerankParams
 from index.rwlock import ReadWriteLock
-from index.store import DimensionMismatch, Record
+from index.store import Change, DimensionMismatch, Record
 from index.types import (
     AGGREGATES,
     Aggregate,
@@ -206,6 +212,15 @@ class Gallery:
             return np.empty((0, self.dim), dtype=np.float32)
         return np.ascontiguousarray(self._index.vectors(ids), dtype=np.float32)
 
+    def _live(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, their descriptors) for scoring search candidates. A shared index may already have
+        dropped an id that another process deleted and this gallery has not heard of yet: such ids
+        are left out (the change feed removes them here shortly) instead of failing the search."""
+        if len(ids) == 0 or not self._index.durable:
+            return ids, self._vectors(ids)
+        found, vecs = self._index.lookup(ids)
+        return found, np.ascontiguousarray(vecs, dtype=np.float32)
+
     # ---- updates ----------------------------------------------------------------------------
     def add(self, entries: Sequence[GalleryEntry], feats: np.ndarray) -> None:
         """Index ``entries`` with their descriptors ``feats`` (float32 [n, dim], unit rows).
@@ -269,6 +284,82 @@ class Gallery:
     def remove_tracklets(self, tracklet_ids: Iterable[str]) -> int:
         with self._lock.write():
             return self.remove([self._by_tracklet[t] for t in tracklet_ids if t in self._by_tracklet])
+
+    def apply_changes(self, store: Store, changes: Sequence[Change]) -> tuple[int, int]:
+        """Apply changes read from ``store``'s feed (``Store.changes_since``), in order; returns
+        (added, removed) to this gallery's metadata.
+
+        Idempotent, because a replica also reads its own writes and the changes already reflected
+        in what it loaded at start: an ``add`` is skipped when its id is in the gallery, or when the
+        store no longer holds the record under that int id (deleted, perhaps re-enrolled under a
+        new one: a later change says so); a ``remove`` of an id the gallery lacks changes nothing
+        here. A local index (FAISS) is updated with the metadata and graph. A shared ``durable``
+        index is only written where it disagrees: a missing added vector is upserted, a removed
+        one still present is deleted. That heals a writer that died between its store write and
+        its index write, and costs a lookup, not a write, when the writer finished.
+        """
+        added = removed = 0
+        with self._lock.write():
+            start = 0
+            while start < len(changes):
+                # Consecutive changes of one kind are applied together (one index call per run).
+                end = start
+                while end < len(changes) and changes[end].op == changes[start].op:
+                    end += 1
+                run = changes[start:end]
+                if run[0].op == "add":
+                    added += self._apply_adds(store, run)
+                elif run[0].op == "remove":
+                    removed += self._apply_removes(run)
+                else:
+                    raise ValueError(f"unknown change op {run[0].op!r} (seq {run[0].seq})")
+                start = end
+        return added, removed
+
+    def _apply_adds(self, store: Store, run: Sequence[Change]) -> int:
+        records: list[Record] = []
+        seen: set[int] = set()
+        for change in run:
+            if change.int_id in self._entries or change.int_id in seen:
+                continue
+            record = store.get(change.tracklet_id)
+            if record is None or record.int_id != change.int_id or record.tracklet_id in self._by_tracklet:
+                continue
+            if record.dim != self.dim:
+                # The store was re-embedded under this gallery: its records are not for this model.
+                raise DimensionMismatch(self.dim, record.dim, f"stored descriptor of {record.tracklet_id!r}")
+            seen.add(change.int_id)
+            records.append(record)
+        if not records:
+            return 0
+        if not self._index.durable:
+            self.add_records(records)
+            return len(records)
+        entries = [GalleryEntry.from_record(r) for r in records]
+        x = check_descriptors(np.stack([r.descriptor for r in records]), self.dim, "stored descriptors")
+        ids = np.array([e.int_id for e in entries], dtype=np.int64)
+        present = set(self._index.lookup(ids)[0].tolist())
+        todo = [i for i, int_id in enumerate(ids.tolist()) if int_id not in present]
+        if todo:
+            self._index.add([entries[i] for i in todo], x[todo])
+        if self._graph is not None:
+            self._graph.add(ids, x)
+        self._note(entries)
+        return len(records)
+
+    def _apply_removes(self, run: Sequence[Change]) -> int:
+        ids = np.unique(np.array([c.int_id for c in run], dtype=np.int64))
+        known = np.array([i for i in ids.tolist() if i in self._entries], dtype=np.int64)
+        if not self._index.durable:
+            return self.remove(known)
+        stale = self._index.lookup(ids)[0]
+        if len(stale):
+            self._index.remove(stale)
+        if len(known):
+            if self._graph is not None:
+                self._graph.remove(known)
+            self._forget(known.tolist())
+        return len(known)
 
     def rebuild_from(self, store: Store, batch: int = 1000) -> None:
         """Replace the contents with every record of ``store`` (same int ids).
@@ -435,9 +526,10 @@ class Gallery:
             if not self._entries:
                 return SearchResult([], [], aggregate, rerank is not None, True)
             pool, exhaustive = self._pool(q, filt, candidates, top_k)
+            pool, pool_vectors = self._live(pool)
             if len(pool) == 0:
                 return SearchResult([], [], aggregate, rerank is not None, exhaustive)
-            cos = self._vectors(pool) @ q
+            cos = pool_vectors @ q
             if rerank is not None:
                 assert self._graph is not None
                 with self._graph_lock:
@@ -509,6 +601,10 @@ class Gallery:
                 ids = self._index.search(q2, k, filt)
             else:
                 ids = self._index.search(q2, k)
+            if self._index.durable:
+                # A shared index may hold ids another process added that this gallery has not
+                # applied yet (no metadata here): leave them out until it has.
+                ids = np.array([i for i in ids.tolist() if i in self._entries], dtype=np.int64)
             if filt is not None and not native:
                 ids = np.array([i for i in ids.tolist() if filt.matches(self._entries[i])], dtype=np.int64)
             cut = self._enough_prefix(ids, want, want_identities)
@@ -523,13 +619,13 @@ class Gallery:
         subset = self._admissible(filt)
         if self._index.exact and len(ids) == len(subset):
             return ids, True
-        scores = (
-            np.concatenate(
-                [self._vectors(subset[s : s + _SCAN_CHUNK]) @ q for s in range(0, len(subset), _SCAN_CHUNK)]
-            )
-            if len(subset)
-            else np.empty(0, dtype=np.float32)
-        )
+        kept: list[np.ndarray] = [np.empty(0, dtype=np.int64)]
+        parts: list[np.ndarray] = [np.empty(0, dtype=np.float32)]
+        for s in range(0, len(subset), _SCAN_CHUNK):
+            chunk, vecs = self._live(subset[s : s + _SCAN_CHUNK])
+            kept.append(chunk)
+            parts.append(vecs @ q)
+        subset, scores = np.concatenate(kept), np.concatenate(parts)
         ranked = subset[np.lexsort((subset, -scores))]
         cut = self._enough_prefix(ranked, want, want_identities)
         return ranked[: cut if cut is not None else len(ranked)], True
@@ -554,9 +650,9 @@ class Gallery:
             for i in self._by_identity[name]:
                 if i not in known and (filt is None or filt.matches(self._entries[i])):
                     missing.append(i)
-        extra = np.array(sorted(missing), dtype=np.int64)
+        extra, extra_vectors = self._live(np.array(sorted(missing), dtype=np.int64))
         if len(extra):
-            for i, c in zip(extra.tolist(), (self._vectors(extra) @ q).tolist(), strict=True):
+            for i, c in zip(extra.tolist(), (extra_vectors @ q).tolist(), strict=True):
                 known[i] = self._hit(i, float(c), float(c), None)
         wanted = set(order)
         for h in sort_hits(list(known.values())):

@@ -118,7 +118,13 @@ class MilvusIndex(VectorIndex):
             if self._client.has_collection(collection):
                 self._check_existing()
             else:
-                self._create()
+                try:
+                    self._create()
+                except Exception:
+                    # Replicas starting together race to create it: the loser uses the winner's.
+                    if not self._client.has_collection(collection):
+                        raise
+                    self._check_existing()
             self._client.load_collection(collection)
         except BaseException:
             self.close()
@@ -189,16 +195,26 @@ class MilvusIndex(VectorIndex):
         ordered = sorted(hits, key=lambda h: (-float(h["distance"]), int(h["id"])))
         return np.array([int(h["id"]) for h in ordered], dtype=np.int64)
 
-    def vectors(self, ids: np.ndarray) -> np.ndarray:
-        out = np.empty((len(ids), self.dim), dtype=np.float32)
+    def _get(self, ids: np.ndarray) -> dict[int, list[float]]:
+        rows: dict[int, list[float]] = {}
         for start in range(0, len(ids), _READ_CHUNK):
             chunk = [int(i) for i in ids[start : start + _READ_CHUNK]]
-            rows = {int(r["int_id"]): r["vector"] for r in self._client.get(self.collection, ids=chunk, output_fields=["vector"])}
-            missing = [i for i in chunk if i not in rows]
-            if missing:
-                raise KeyError(f"int ids not in the Milvus collection {self.collection!r}: {missing[:5]}")
-            out[start : start + len(chunk)] = np.asarray([rows[i] for i in chunk], dtype=np.float32)
-        return out
+            for r in self._client.get(self.collection, ids=chunk, output_fields=["vector"]):
+                rows[int(r["int_id"])] = r["vector"]
+        return rows
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        rows = self._get(ids)
+        missing = [int(i) for i in ids if int(i) not in rows]
+        if missing:
+            raise KeyError(f"int ids not in the Milvus collection {self.collection!r}: {missing[:5]}")
+        return np.asarray([rows[int(i)] for i in ids], dtype=np.float32).reshape(len(ids), self.dim)
+
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # Another replica may have deleted some of them since this one's metadata listed them.
+        rows = self._get(ids)
+        found = np.array([int(i) for i in ids if int(i) in rows], dtype=np.int64)
+        return found, np.asarray([rows[int(i)] for i in found], dtype=np.float32).reshape(len(found), self.dim)
 
     def ids(self) -> np.ndarray:
         iterator = self._client.query_iterator(

@@ -73,6 +73,12 @@ class VectorIndex(ABC):
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         """The stored descriptors of ``ids`` (int64 [n], all present): float32 [n, dim]."""
 
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the ids of ``ids`` that are indexed, in the given order; their descriptors). The
+        gallery uses it where a shared (``durable``) index may already lack an id that another
+        process deleted; the default is ``vectors`` (every id present)."""
+        return ids, self.vectors(ids)
+
     @abstractmethod
     def ids(self) -> np.ndarray:
         """Every indexed id, int64 [len(self)], in no particular order."""
