@@ -6,7 +6,8 @@ gallery in the background: ``/healthz`` answers at once, ``/readyz`` and the gal
 503 until the index is restored. While serving, a maintenance task rebuilds the index from the
 store whenever a write left their agreement in doubt (see ``Runtime.mark_dirty``).
 
-OpenAPI docs: ``/docs`` (Swagger UI), ``/redoc`` and ``/openapi.json``; none needs a key.
+OpenAPI docs: ``/docs`` (Swagger UI), ``/redoc`` and ``/openapi.json``; none needs a key. The web
+console is at ``/ui`` (``service.ui``) unless ``settings.ui`` is off.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from service.core.config import Settings
 from service.core.errors import ApiError, install_error_handlers
 from service.metrics import MetricsMiddleware, ServiceMetrics
 from service.runtime import Runtime, StartupError, open_runtime
+from service.ui import install_ui
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,8 @@ def create_app(
     app.add_exception_handler(Exception, _internal_error)
     for module in (tracklets, identities, query, service):
         app.include_router(module.router)
+    if settings.ui:
+        install_ui(app)
     # Added last = outermost: the latency histogram also times requests rejected for their size.
     app.add_middleware(
         BodyTimeoutMiddleware, idle_s=settings.body_idle_timeout_s, total_s=settings.body_timeout_s

@@ -13,10 +13,12 @@ updates the index only after the store acknowledged, so the index never holds wh
 not. A store error whose outcome is unknown (connection lost during a write) marks the gallery
 dirty; it is rebuilt from the store as soon as the store answers again.
 
-One server process per store: several processes writing the same store would each keep their own
-index and miss the others' writes. With ``--index milvus`` the vectors live in Milvus and survive a
-restart: at start the gallery reconciles Milvus with the store (counts and a digest of the ids;
-only differences are written) instead of re-adding every vector.
+Several server processes (replicas) may share one store: every write also appends to the store's
+change feed, and each replica applies the others' writes from it within ``sync_interval`` seconds
+(``service.gallery_sync``; the feed position starts at the head read before the gallery is loaded,
+so nothing written meanwhile is missed). With ``--index milvus`` the vectors live in Milvus, shared
+by the replicas, and survive a restart: at start the gallery reconciles Milvus with the store
+(counts and a digest of the ids; only differences are written) instead of re-adding every vector.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -43,10 +45,14 @@ from index.vector_index import index_class
 from service.batching import MicroBatcher
 from service.core.config import Settings
 from service.encoders import Encoder, make_encoder
+from service.gallery_sync import GallerySync
 from service.images import FrameLimits, decode_tracklet, install_pil_guard
 from service.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 Phase = Literal["starting", "ready", "failed"]
 
@@ -90,6 +96,9 @@ class Runtime:
     error: str | None = None
     write_lock: threading.Lock = field(default_factory=threading.Lock)
     _dirty: threading.Event = field(default_factory=threading.Event)
+    # Position in the store's change feed up to which the gallery is known to be current.
+    feed_position: int | None = None
+    _sync: GallerySync | None = field(default=None, repr=False)
 
     @property
     def ready(self) -> bool:
@@ -108,8 +117,14 @@ class Runtime:
     async def decode(self, frames: Sequence[tuple[str, bytes]]) -> np.ndarray:
         """Validate and decode uploaded frames into the model input, in a worker thread, once a
         decode slot is free."""
+        return await self.decoding(decode_tracklet, frames, self.frame_limits, self.encoder.input_spec)
+
+    async def decoding(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn(*args, **kwargs)`` in a worker thread once a decode slot is free: uploads and
+        thumbnails share the ``max_concurrent_decodes`` slots, so a page full of thumbnails cannot
+        take more decoding memory than uploads may."""
         async with self._decode_slots:
-            return await run_in_threadpool(decode_tracklet, frames, self.frame_limits, self.encoder.input_spec)
+            return await run_in_threadpool(fn, *args, **kwargs)
 
     @property
     def store_url(self) -> str:
@@ -138,6 +153,8 @@ class Runtime:
         """Build the index from the store (or a matching snapshot); then the runtime is ready."""
         start = time.perf_counter()
         try:
+            # Read before loading: changes made while loading are then applied again (a no-op).
+            head = self.store.change_head()
             if index_class(self.settings.index).durable:
                 gallery = self._new_gallery()
                 added, removed = gallery.reconcile(self.store)
@@ -159,6 +176,8 @@ class Runtime:
             self.metrics.ready.set(0)
             raise StartupError(self.error) from exc
         self.gallery = gallery
+        self.feed_position = head
+        self.metrics.sync_position.set(head)
         # Read through self.gallery at scrape time: resync() may swap the index.
         self.metrics.bind_gallery(
             lambda: float(len(self.gallery)) if self.gallery is not None else 0.0,
@@ -167,6 +186,9 @@ class Runtime:
         self.phase = "ready"
         self.metrics.ready.set(1)
         log.info("gallery ready: %d tracklets indexed in %.1fs", len(gallery), time.perf_counter() - start)
+        if self.settings.sync_interval > 0 and self._sync is None:
+            self._sync = GallerySync(self, self.settings.sync_interval)
+            self._sync.start()
 
     def mark_dirty(self, reason: str) -> None:
         """The index may disagree with the store (a write's outcome is unknown): rebuild it soon."""
@@ -189,6 +211,7 @@ class Runtime:
         with self.write_lock:
             self._dirty.clear()
             try:
+                head = self.store.change_head()
                 if self.gallery is not None and self.gallery.durable:
                     # The durable index is shared state: reconcile it in place (no second client
                     # clearing it while this one still answers searches).
@@ -202,11 +225,15 @@ class Runtime:
                 log.warning("gallery rebuild postponed: %s", exc)
                 return False
             self.gallery = fresh
+            self.feed_position = head
         log.info("gallery index rebuilt from the store: %d tracklets", len(fresh))
         return True
 
     # ---- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
+        if self._sync is not None:
+            self._sync.stop()
+            self._sync = None
         self.batcher.close()
         if self.ready and self.settings.snapshot_dir is not None and not self.dirty:
             assert self.gallery is not None

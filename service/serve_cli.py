@@ -56,11 +56,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="disable API keys (SASREID_AUTH=off); otherwise SASREID_WRITE_KEYS/SASREID_READ_KEYS are required",
     )
+    parser.add_argument(
+        "--no-ui",
+        dest="ui",
+        action="store_const",
+        const=False,
+        default=None,
+        help="do not serve the web console at /ui (SASREID_UI=off); the API is unchanged",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = [n[0].lstrip("-").replace("-", "_") for n, _ in _FLAGS] + ["keep_frames", "auth"]
+    names = [n[0].lstrip("-").replace("-", "_") for n, _ in _FLAGS] + ["keep_frames", "auth", "ui"]
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
@@ -111,8 +119,9 @@ def run(args: argparse.Namespace) -> int:
         timeout_keep_alive=settings.keep_alive_timeout_s,
     )
     server = uvicorn.Server(config)
+    console = f", console at http://{settings.host}:{settings.port}/ui" if settings.ui else ""
     print(
-        f"sasreid serve: http://{settings.host}:{settings.port} (docs at /docs); model "
+        f"sasreid serve: http://{settings.host}:{settings.port} (docs at /docs{console}); model "
         f"{settings.model_source} [{runtime.encoder.fingerprint}, {runtime.encoder.backend}/{runtime.encoder.device}]; "
         f"store {runtime.store_url}; index {settings.index}; auth {'on' if settings.auth else 'OFF'}",
         file=sys.stderr,

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     # ---- server ------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    ui: bool = Field(
+        True, description="serve the investigators' web console at /ui (SASREID_UI=off or --no-ui turns it off)"
+    )
 
     # ---- auth --------------------------------------------------------------------------------
     auth: bool = Field(True, description="API-key auth; only SASREID_AUTH=off (or --no-auth) disables it")

@@ -1,4 +1,5 @@
-"""``/tracklets``: enroll from frames, bulk-import descriptors, get and delete."""
+"""``/tracklets``: enroll from frames, bulk-import descriptors, get and delete, and thumbnails of
+kept frames."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import uuid
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from pydantic import TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
 from index.store import Record
+from service import thumbnails
 from service.api.deps import ReadAccess, ReadyRuntime, WriteAccess
 from service.api.forms import (
     FRAMES_PROPERTY,
@@ -42,6 +44,7 @@ from service.schemas import (
     TrackletOut,
     error_responses,
 )
+from service.thumbnails import thumbnail
 
 router = APIRouter(prefix="/tracklets", tags=["tracklets"])
 
@@ -224,3 +227,76 @@ async def remove_tracklet(tracklet_id: TrackletPath, _: WriteAccess, runtime: Re
     if not await run_in_threadpool(delete_tracklet, runtime, tracklet_id):
         raise _not_found(tracklet_id)
     return TrackletDeleted(tracklet_id=tracklet_id)
+
+
+# A frame index is below max_frames_per_tracklet, whose own bound is 10 000.
+MAX_FRAME_INDEX = 9_999
+
+
+def _frames_not_kept(runtime: Runtime, tracklet_id: str) -> ApiError:
+    if not runtime.settings.keep_frames:
+        why = "this server does not keep frames (it was started without --keep-frames / SASREID_KEEP_FRAMES)"
+    else:
+        why = "it was enrolled while frames were not kept, or imported as a descriptor"
+    return ApiError(404, "frames_not_kept", f"no frames of tracklet {tracklet_id!r} are stored: {why}", field="tracklet_id")
+
+
+def _etag(record: Record, index: int, size: int) -> str:
+    # The content hash changes with the frames (a tracklet id re-enrolled after a delete with other
+    # frames gets another one), so a cached thumbnail is never shown for the wrong frames.
+    return f'"{record.content_hash}-{index}-{size}"'
+
+
+def _thumbnail(runtime: Runtime, tracklet_id: str, index: int, size: int) -> bytes:
+    frames = runtime.store.get_frames(tracklet_id)
+    if frames is None:
+        if runtime.store.get(tracklet_id) is None:  # deleted since the record was read
+            raise _not_found(tracklet_id)
+        raise _frames_not_kept(runtime, tracklet_id)
+    if index >= len(frames):
+        raise ApiError(
+            404,
+            "frame_not_found",
+            f"tracklet {tracklet_id!r} has {len(frames)} kept frames (indices 0 to {len(frames) - 1}); no frame {index}",
+            field="index",
+        )
+    return thumbnail(frames[index], size, runtime.settings.max_pixels)
+
+
+@router.get(
+    "/{tracklet_id}/frames/{index}",
+    response_class=Response,
+    summary="A kept frame of a tracklet, resized (JPEG)",
+    responses={
+        200: {
+            "content": {thumbnails.MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+            "description": "the frame as JPEG, its longer side at most `size` pixels (never enlarged)",
+        },
+        304: {"description": "unchanged since the ETag sent in If-None-Match"},
+        **error_responses(401, 404, 422, 503),
+    },
+)
+async def get_frame(
+    tracklet_id: TrackletPath,
+    index: Annotated[int, Path(ge=0, le=MAX_FRAME_INDEX, description="frame position in upload order, from 0")],
+    _: ReadAccess,
+    runtime: ReadyRuntime,
+    size: Annotated[
+        int,
+        Query(ge=thumbnails.MIN_SIZE, le=thumbnails.MAX_SIZE, description="longest side of the thumbnail, pixels"),
+    ] = thumbnails.DEFAULT_SIZE,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Frames are kept only by a server started with ``--keep-frames``; otherwise (or for a
+    tracklet imported as a descriptor) the answer is 404 ``frames_not_kept``. Answers carry an
+    ETag and ``Cache-Control: private, no-cache``: a client revalidates and gets 304 when the
+    tracklet's content is unchanged."""
+    record = await run_in_threadpool(runtime.store.get, tracklet_id)
+    if record is None:
+        raise _not_found(tracklet_id)
+    etag = _etag(record, index, size)
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+    if if_none_match is not None and etag in (t.strip() for t in if_none_match.split(",")):
+        return Response(status_code=304, headers=headers)
+    data = await runtime.decoding(_thumbnail, runtime, tracklet_id, index, size)
+    return Response(data, media_type=thumbnails.MEDIA_TYPE, headers=headers)
