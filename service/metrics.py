@@ -5,7 +5,10 @@
   the time of each call (the micro-batching effect is visible in the first);
 * ``sasreid_gallery_tracklets`` / ``sasreid_gallery_identities``: indexed gallery size, read at
   scrape time;
-* ``sasreid_ready``: 1 once the model is loaded and the index restored.
+* ``sasreid_ready``: 1 once the model is loaded and the index restored;
+* ``sasreid_gallery_sync_changes_total`` / ``sasreid_gallery_sync_errors_total`` /
+  ``sasreid_gallery_sync_position``: changes read from the store's change feed and applied, failed
+  polls, and the feed position reached (replicas that agree have the same position).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST as PROM_CONTENT_TYPE
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -52,6 +55,21 @@ class ServiceMetrics:
             "sasreid_gallery_identities", "identities in the search index", registry=self.registry
         )
         self.ready = Gauge("sasreid_ready", "1 when the service is ready", registry=self.registry)
+        self.sync_changes = Counter(
+            "sasreid_gallery_sync_changes",
+            "changes read from the store's change feed and applied to this replica's gallery",
+            registry=self.registry,
+        )
+        self.sync_errors = Counter(
+            "sasreid_gallery_sync_errors",
+            "polls of the store's change feed that failed (retried at the next poll)",
+            registry=self.registry,
+        )
+        self.sync_position = Gauge(
+            "sasreid_gallery_sync_position",
+            "sequence number of the last change of the store's feed this replica has applied",
+            registry=self.registry,
+        )
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)

@@ -70,6 +70,13 @@ class Settings(BaseSettings):
         "the graph costs O(N^2): minutes at start-up for a 100k gallery on 2 CPU cores)",
     )
     search_candidates: int = Field(200, ge=1, le=100_000, description="tracklets taken from the index per query")
+    sync_interval: float = Field(
+        0.25,
+        ge=0.0,
+        le=3600.0,
+        description="seconds between polls of the store's change feed, through which servers sharing one store "
+        "(replicas) see each other's writes; 0 turns the polling off (a single server per store)",
+    )
 
     # ---- server ------------------------------------------------------------------------------
     host: str = "127.0.0.1"
