@@ -71,7 +71,9 @@ class GallerySync:
             except Exception as exc:  # never let the thread die: the next poll retries
                 self.runtime.metrics.sync_errors.inc()
                 if not self._failing:
-                    log.warning("gallery sync failed (retrying every %.2gs): %s", self.interval, exc, exc_info=True)
+                    log.warning(
+                        "gallery sync failed (retrying every %.2gs): %s", self.interval, exc, exc_info=True
+                    )
                 else:
                     log.debug("gallery sync still failing: %s", exc)
                 self._failing = True
