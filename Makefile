@@ -10,7 +10,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv test lint demo clean redis-server
+.PHONY: venv test lint demo clean redis-server chromium
 
 venv: $(STAMP)
 
@@ -30,14 +30,23 @@ redis-server:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server; fi; }
 
-test: $(STAMP) redis-server
+# The console's browser tests (and the demo's console screenshots) drive Debian's chromium through
+# chromium-driver. Installing them is tried, not required: without them those tests skip, saying why.
+chromium:
+	@{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || { \
+	  echo "chromium / chromedriver not found: installing Debian's chromium and chromium-driver packages"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium chromium-driver; fi \
+	  || echo "warning: could not install chromium; the console's browser tests will be skipped"; }
+
+test: $(STAMP) redis-server chromium
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-demo: $(STAMP)
+demo: $(STAMP) chromium
 	$(PY) -m service.demo
 
 clean:

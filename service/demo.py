@@ -11,6 +11,12 @@
    same checkpoint and data, and write a CMC plot and a contact sheet of same-outfit queries with
    their top-5 answers.
 
+While each case is served its web console URL is printed; on the first case the console is driven
+in headless chromium (when installed) to search with a same-outfit query, and screenshots of the
+search, identity and gallery pages are saved (``demo/console-search.png``, ``console-identity.png``,
+``console-gallery.png``).
+``--keep-serving`` serves the first case's gallery again at the end, until Ctrl-C, to browse it.
+
 Every step reuses what an earlier run built (data, checkpoint, enrolled galleries).
 """
 
@@ -31,6 +37,7 @@ from tqdm import tqdm
 
 from index.metrics import RankResult, evaluate_rank, session_junk_mask
 from index.rerank import RerankParams
+from model.data.detreidx import CaseSplit
 from model.data.tracklet import Tracklet
 from service.client import SasreidClient
 
@@ -77,8 +84,11 @@ class Server:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, SASREID_AUTH="off", OMP_WAIT_POLICY="PASSIVE")
+        # --keep-frames: the console shows the gallery's pictures (a store enrolled by an older
+        # demo run has none, and the console says so).
         cmd = [sys.executable, "-m", "service.cli", "serve", "--checkpoint", str(checkpoint),
-               "--store", f"sqlite:///{store.resolve()}", "--host", "127.0.0.1", "--port", str(self.port)]
+               "--store", f"sqlite:///{store.resolve()}", "--host", "127.0.0.1", "--port", str(self.port),
+               "--keep-frames"]
         self._log = open(log, "ab")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -193,9 +203,30 @@ def contact_sheet(rows: list[tuple[Tracklet, list[Tracklet]]], path: Path, cell:
     sheet.save(path)
 
 
+def console_screenshots(url: str, query: Tracklet, out: Path) -> None:
+    """Search the served gallery with ``query`` in the web console (headless chromium) and save
+    screenshots of the search and identity pages in ``out``; says why when it cannot."""
+    from service.ui.walkthrough import Console, headless_chromium, missing_browser, walkthrough
+
+    reason = missing_browser()
+    if reason is not None:
+        print(f"console screenshots skipped: {reason}")
+        return
+    try:
+        with headless_chromium() as driver:
+            shots = walkthrough(Console(driver, url), None, list(query.paths), out)
+    except Exception as exc:  # the screenshots illustrate; the demo's numbers do not depend on them
+        print(f"console screenshots failed: {type(exc).__name__}: {exc}")
+        return
+    print(f"console screenshots: {shots.search_png} (query {query.tracklet_id}, first answer "
+          f"{shots.ranked[0]}), {shots.identity_png}, {shots.gallery_png}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="SAS-VPReID end-to-end demo on SynthXFD")
     ap.add_argument("--dir", type=Path, default=DEMO_DIR, help="working folder (default ./demo)")
+    ap.add_argument("--keep-serving", action="store_true",
+                    help="at the end, serve the first case's gallery with its web console until Ctrl-C")
     args = ap.parse_args(argv)
     from model.engine.cmc_plot import plot_cmc
     from model.engine.datasets import load_reid_data
@@ -228,10 +259,15 @@ def main(argv: list[str] | None = None) -> int:
             client = server.wait_ready()
             print(f"{case.label}: sasreid serve ready at {server.url} "
                   f"(store sqlite:///{work / 'gallery' / (case.name + '.db')})")
+            print(f"{case.label}: web console at {server.url}/ui while this case is served "
+                  f"(no key: auth is off on the demo's loopback server)", flush=True)
             enroll_gallery(client, case.gallery, case.label)
             top_k = len({t.pid for t in case.gallery})
             plain = query_all(client, case.query, case.label, rerank=False, top_k=top_k)
             rr = query_all(client, case.query, case.label, rerank=True, top_k=top_k)
+            if case is data.cases[0]:
+                outfit = same_outfit_queries(case.query, case.gallery)
+                console_screenshots(server.url, case.query[outfit[0] if outfit else 0], work)
         finally:
             server.stop()
         n = len(case.query)
@@ -268,7 +304,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CMC plot: {plot}\ncontact sheet of {len(sheet_rows)} same-outfit queries and their top-5: {sheet} "
           f"({correct} of {5 * len(sheet_rows)} answers are the query's identity)")
     print(f"demo finished in {time.monotonic() - t_start:.0f} s")
+    if args.keep_serving:
+        keep_serving(ckpt, work, data.cases[0])
     return 0 if max(diffs) < 0.5 else 1
+
+
+def keep_serving(ckpt: Path, work: Path, case: CaseSplit) -> None:
+    """Serve one case's gallery (already enrolled) until Ctrl-C, for the web console."""
+    server = Server(ckpt, work / "gallery" / f"{case.name}.db", work / "serve.log")
+    try:
+        server.wait_ready()
+        print(f"\nweb console: {server.url}/ui (gallery of {case.label}; no key needed). "
+              "Ctrl-C stops the server.", flush=True)
+        server.proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":

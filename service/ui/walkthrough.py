@@ -219,14 +219,16 @@ class Walkthrough:
     ranked: list[str]
     search_png: Path
     identity_png: Path
+    gallery_png: Path
     identity: str
 
 
 def walkthrough(console: Console, key: str | None, query_frames: Sequence[Path], out_dir: Path,
                 top_k: int = 5) -> Walkthrough:
     """Open the console, enter ``key`` (None: auth is off), search by uploading ``query_frames``,
-    open the first identity, and save ``console-search.png`` and ``console-identity.png`` in
-    ``out_dir`` once their thumbnails have loaded (when the server keeps frames)."""
+    open the first identity, then the gallery; saves ``console-search.png``,
+    ``console-identity.png`` and ``console-gallery.png`` in ``out_dir``, each once its thumbnails
+    have loaded (when the server keeps frames)."""
     console.open()
     if key is not None:
         console.use_key(key)
@@ -241,4 +243,6 @@ def walkthrough(console: Console, key: str | None, query_frames: Sequence[Path],
     if kept:
         console.wait_thumbnails("#identity-tracklets")
     identity_png = console.screenshot(out_dir / "console-identity.png")
-    return Walkthrough(ranked, search_png, identity_png, identity)
+    console.go("#/gallery")
+    gallery_png = console.screenshot(out_dir / "console-gallery.png")
+    return Walkthrough(ranked, search_png, identity_png, gallery_png, identity)

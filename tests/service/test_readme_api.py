@@ -73,6 +73,9 @@ def _checks(fingerprint: str) -> dict[str, Callable[[str], None]]:
     def get_tracklet(out: str) -> None:
         assert _json(out)["identity"] == "alice"
 
+    def get_frame(out: str) -> None:
+        assert out.strip() == "200 image/jpeg"
+
     def list_identities(out: str) -> None:
         page = _json(out)
         assert page["total"] == 4
@@ -103,6 +106,7 @@ def _checks(fingerprint: str) -> dict[str, Callable[[str], None]]:
         "query with frames": query_frames,
         "query by tracklet": query_tracklet,
         "get tracklet": get_tracklet,
+        "get frame thumbnail": get_frame,
         "list identities": list_identities,
         "get identity": get_identity,
         "stats": stats,

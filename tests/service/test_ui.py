@@ -149,16 +149,19 @@ def test_search_by_upload_then_the_identity_page(
     console: Console, tmp_path: Path, make_tracklet: Callable[..., list[tuple[str, bytes]]]
 ) -> None:
     """The acceptance path: key, search by upload, the expected identity first, its page;
-    screenshots of both pages in the test's tmp dir."""
+    screenshots of the search, identity and gallery pages in the test's tmp dir."""
     query = _query_files(tmp_path, make_tracklet, PEOPLE["bob"])  # bob's own frames
     result = walkthrough(console, READ_KEY, query, tmp_path / "screens", top_k=5)
     assert result.ranked[0] == "bob", result.ranked
     assert {*PEOPLE, XSS_NAME} <= set(result.ranked)
     assert result.identity == "bob"
     # The identity page shows bob's tracklet with a thumbnail of each of its 4 frames.
+    console.driver.back()
+    console.wait(lambda _: console.by_id("identity-name").text == "bob" and console.all("#identity-tracklets > li"),
+                 "bob's page did not come back")
     assert [li.get_attribute("data-tracklet") for li in console.all("#identity-tracklets > li")] == ["bob_cam1"]
     assert console.wait_thumbnails("#identity-tracklets", at_least=4) == 4
-    for png in (result.search_png, result.identity_png):
+    for png in (result.search_png, result.identity_png, result.gallery_png):
         with Image.open(png) as shot:
             assert shot.format == "PNG" and shot.width >= 1000 and shot.height >= 400
 
@@ -166,6 +169,7 @@ def test_search_by_upload_then_the_identity_page(
     console.driver.back()
     console.wait(lambda _: console.ranked_identities(), "the results were not shown again")
     assert "embed" in console.by_id("search-timings").text and "total" in console.by_id("search-timings").text
+    assert console.wait_thumbnails("#search-results > li.result:first-child", at_least=4) == 4
 
     # The key is in this tab's sessionStorage and nowhere a URL or the page could leak it.
     d = console.driver
