@@ -123,7 +123,7 @@ class Console:
         self.wait(lambda d: d.execute_script("return document.body.dataset.ready === '1'"), "the console did not start")
         self.settled_after(0)
 
-    def _generation(self) -> int:
+    def generation(self) -> int:
         return int(self.driver.execute_script("return Number(document.body.dataset.generation || 0)"))
 
     def settled_after(self, generation: int) -> None:
@@ -136,7 +136,7 @@ class Console:
     def go(self, fragment: str) -> None:
         """Navigate inside the page (keeps sessionStorage and the loaded script), re-rendering it
         even when ``fragment`` is the one shown, and wait until it is rendered."""
-        before = self._generation()
+        before = self.generation()
         self.driver.execute_script(
             "if (location.hash === arguments[0]) window.dispatchEvent(new HashChangeEvent('hashchange'));"
             "else location.hash = arguments[0];",
@@ -145,7 +145,7 @@ class Console:
         self.settled_after(before)
 
     def use_key(self, key: str) -> None:
-        before = self._generation()
+        before = self.generation()
         field = self.by_id("api-key")
         field.clear()
         field.send_keys(key)

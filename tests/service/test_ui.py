@@ -256,19 +256,60 @@ def test_deleting_needs_a_write_key_and_a_confirmation(console: Console, served:
     assert not stored("dave_2")
 
 
-@needs_browser
-def test_without_kept_frames_the_console_says_why(
-    browser: Any, checkpoints: Any, sqlite_url: str, make_settings: Callable[..., Any],
-    make_tracklet: Callable[..., list[tuple[str, bytes]]], thread_server: Callable[..., Any],
-) -> None:
-    server = thread_server(make_settings(checkpoints.a, sqlite_url))  # no keep_frames
+@pytest.fixture(scope="module")
+def plain_server(
+    checkpoints: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+    make_settings: Callable[..., Any],
+    make_tracklet: Callable[..., list[tuple[str, bytes]]],
+    module_thread_server: Callable[..., Any],
+) -> str:
+    """A server without --keep-frames: one enrolled identity and 55 imported ones (two pages)."""
+    store = f"sqlite:///{tmp_path_factory.mktemp('ui-plain') / 'gallery.sqlite'}"
+    server = module_thread_server(make_settings(checkpoints.a, store))
     with server.client() as client:
         client.enroll(make_tracklet(5, frames=3), "erin", tracklet_id="erin_1")
-    answer = httpx.get(f"{server.url}/tracklets/erin_1/frames/0", headers={"X-API-Key": READ_KEY})
+        stats = client.stats()
+    records = []
+    for i in range(55):
+        vec = [0.0] * stats["dim"]
+        vec[i % stats["dim"]] = 1.0
+        records.append({"tracklet_id": f"imp_{i:02d}", "identity": f"imported_{i:02d}", "descriptor": vec,
+                        "fingerprint": stats["fingerprint"]})
+    answer = httpx.post(f"{server.url}/tracklets/batch", json=records, headers={"X-API-Key": WRITE_KEY})
+    assert answer.status_code == 201, answer.text
+    return str(server.url)
+
+
+@needs_browser
+def test_the_gallery_is_paginated_with_its_stats(browser: Any, plain_server: str) -> None:
+    console = Console(browser, plain_server)
+    console.open()
+    console.use_key(READ_KEY)
+    console.go("#/gallery")
+    rows = lambda: [tr.get_attribute("data-identity") for tr in console.all("#identities tbody tr")]  # noqa: E731
+    assert len(rows()) == 50 and rows()[0] == "erin"  # sorted by name: "erin" < "imported_00"
+    assert console.by_id("page-info").text == "1–50 of 56"
+    stats = console.by_id("stats").text
+    fingerprint = httpx.get(f"{plain_server}/stats", headers={"X-API-Key": READ_KEY}).json()["fingerprint"]
+    assert fingerprint in stats and "56" in stats
+    assert not console.by_id("page-prev").is_enabled()
+    before = console.generation()
+    console.by_id("page-next").click()
+    console.settled_after(before)
+    assert rows() == [f"imported_{i:02d}" for i in range(49, 55)]
+    assert console.by_id("page-info").text == "51–56 of 56"
+    assert not console.by_id("page-next").is_enabled() and console.by_id("page-prev").is_enabled()
+    assert console.browser_errors() == []
+
+
+@needs_browser
+def test_without_kept_frames_the_console_says_why(browser: Any, plain_server: str) -> None:
+    answer = httpx.get(f"{plain_server}/tracklets/erin_1/frames/0", headers={"X-API-Key": READ_KEY})
     assert answer.status_code == 404 and answer.json()["detail"]["error"] == "frames_not_kept"
     assert "--keep-frames" in answer.json()["detail"]["message"]
 
-    console = Console(browser, server.url)
+    console = Console(browser, plain_server)
     console.open()
     console.use_key(READ_KEY)
     console.go("#/identity/erin")
