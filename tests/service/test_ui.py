@@ -143,6 +143,12 @@ def test_no_ui_flag_and_environment_turn_the_console_off(monkeypatch: pytest.Mon
     assert Settings(auth=False).ui is True
 
 
+def test_without_chromium_the_reason_names_the_packages(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH
+    reason = missing_browser()
+    assert reason is not None and "chromium and chromedriver not found" in reason and "chromium-driver" in reason
+
+
 # ---- in the browser ------------------------------------------------------------------------------
 @needs_browser
 def test_search_by_upload_then_the_identity_page(
