@@ -24,6 +24,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("enroll", "service.client_cli", "enroll a dataset folder's gallery tracklets over HTTP"),
     ("query", "service.client_cli", "query the server with one tracklet folder"),
     ("reembed", "service.reembed_cli", "re-embed a stored gallery with a new checkpoint"),
+    ("gallery", "service.gallery_cli", "gallery maintenance: `gallery migrate` copies it into Milvus"),
 ]
 
 
