@@ -141,9 +141,11 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown index kind {value!r}; valid kinds: {', '.join(kinds)}")
         return value
 
-    @field_validator("store", "milvus_uri", mode="before")
+    @field_validator("store", "milvus_uri", "snapshot_dir", mode="before")
     @classmethod
     def _empty_store_is_default(cls, value: object) -> object:
+        # An empty value means unset: a compose override can then clear what the base file sets
+        # (docker-compose.milvus.yml clears SASREID_SNAPSHOT_DIR).
         return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")

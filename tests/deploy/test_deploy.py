@@ -1,5 +1,5 @@
-"""Deployment files: docker-compose.yml (+ the GPU override), the two Dockerfiles, .dockerignore,
-deploy/sasreid.env.example and deploy/README.md.
+"""Deployment files: docker-compose.yml (+ the GPU and Milvus overrides, the nginx site of the
+latter), the two Dockerfiles, .dockerignore, deploy/sasreid.env.example and deploy/README.md.
 
 No Docker engine is needed: the compose files are parsed with PyYAML, the Dockerfiles with the
 small instruction parser below, and everything is checked against the real code it deploys: the
@@ -15,6 +15,7 @@ import argparse
 import fnmatch
 import http.server
 import json
+import os
 import re
 import shlex
 import shutil
@@ -35,6 +36,8 @@ from service.serve_cli import add_arguments
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_GPU = ROOT / "docker-compose.gpu.yml"
+COMPOSE_MILVUS = ROOT / "docker-compose.milvus.yml"
+NGINX_CONF = ROOT / "deploy" / "nginx" / "sasreid.conf"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 DOCKERFILE_GPU = ROOT / "deploy" / "Dockerfile.gpu"
 ENV_EXAMPLE = ROOT / "deploy" / "sasreid.env.example"
@@ -508,12 +511,45 @@ def test_gpu_image_mamba_patch_leaves_only_torch_cuda_arch_list() -> None:
 # ---- docker-compose.yml -------------------------------------------------------------------------
 
 
+class _Reset:
+    """Compose's ``!reset`` tag: the key goes back to its default (nothing) in the merged file."""
+
+
+class _Override:
+    """Compose's ``!override`` tag: the value replaces the base file's instead of merging."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    pass
+
+
+_ComposeLoader.add_constructor("!reset", lambda loader, node: _Reset())
+_ComposeLoader.add_constructor(
+    "!override",
+    lambda loader, node: _Override(
+        loader.construct_sequence(node, deep=True) if isinstance(node, yaml.SequenceNode)
+        else loader.construct_mapping(node, deep=True) if isinstance(node, yaml.MappingNode)
+        else loader.construct_scalar(node)
+    ),
+)
+
+
 def _merge(base: Any, override: Any) -> Any:
+    if isinstance(override, _Override):
+        return override.value
     if isinstance(base, dict) and isinstance(override, dict):
         merged = dict(base)
         for key, value in override.items():
-            merged[key] = _merge(base[key], value) if key in base else value
+            if isinstance(value, _Reset):
+                merged.pop(key, None)
+            else:
+                merged[key] = _merge(base[key], value) if key in base else _merge(None, value)
         return merged
+    # Lists are replaced, which is what Compose does for the ones these files override (a base
+    # `ports:` list is merged by Compose instead, hence the milvus file's `ports: !reset []`).
     return override
 
 
@@ -524,11 +560,11 @@ def _environment(service: dict[str, Any]) -> dict[str, str]:
     return {k: "" if v is None else str(v) for k, v in env.items()}
 
 
-def load_compose(*, gpu: bool = False) -> dict[str, Any]:
-    files = [COMPOSE, COMPOSE_GPU] if gpu else [COMPOSE]
+def load_compose(*, gpu: bool = False, milvus: bool = False) -> dict[str, Any]:
+    files = [COMPOSE, *([COMPOSE_GPU] if gpu else []), *([COMPOSE_MILVUS] if milvus else [])]
     merged: dict[str, Any] = {}
     for path in files:
-        doc = yaml.safe_load(path.read_text())
+        doc = yaml.load(path.read_text(), Loader=_ComposeLoader)
         for service in (doc.get("services") or {}).values():
             if "environment" in service:
                 service["environment"] = _environment(service)
@@ -624,22 +660,30 @@ def test_docker_compose_config_validates(tmp_path: Path) -> None:
     example as deploy/sasreid.env: the real env file holds secrets and is not in the repository."""
     if not _compose_plugin():
         pytest.skip("the docker compose v2 client plugin is not installed")
-    for path in (COMPOSE, COMPOSE_GPU, DOCKERFILE, DOCKERFILE_GPU):
+    for path in (COMPOSE, COMPOSE_GPU, COMPOSE_MILVUS, NGINX_CONF, DOCKERFILE, DOCKERFILE_GPU):
         target = tmp_path / path.relative_to(ROOT)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, target)
     shutil.copy(ENV_EXAMPLE, tmp_path / "deploy" / "sasreid.env")
     (tmp_path / "checkpoints" / "sas-vpreid").mkdir(parents=True)
-    for files in (["docker-compose.yml"], ["docker-compose.yml", "docker-compose.gpu.yml"]):
+    env = {**os.environ, "MINIO_ROOT_USER": "sasreid", "MINIO_ROOT_PASSWORD": "not-a-real-secret"}
+    for files in (["docker-compose.yml"], ["docker-compose.yml", "docker-compose.gpu.yml"],
+                  ["docker-compose.yml", "docker-compose.milvus.yml"],
+                  ["docker-compose.yml", "docker-compose.gpu.yml", "docker-compose.milvus.yml"]):
         argv = ["docker", "compose"] + [x for f in files for x in ("-f", f)] + ["config", "-q"]
-        result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
         assert result.returncode == 0, result.stderr
+    # The MinIO credentials are required: without them Compose refuses to start anything.
+    argv = ["docker", "compose", "-f", "docker-compose.yml", "-f", "docker-compose.milvus.yml", "config", "-q"]
+    bare = {k: v for k, v in env.items() if not k.startswith("MINIO_")}
+    result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60, env=bare)
+    assert result.returncode != 0 and "MINIO_ROOT_" in result.stderr
 
 
 # ---- SASREID_* names and values -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", [COMPOSE, COMPOSE_GPU, ENV_EXAMPLE, README, DOCKERFILE, DOCKERFILE_GPU],
+@pytest.mark.parametrize("path", [COMPOSE, COMPOSE_GPU, COMPOSE_MILVUS, ENV_EXAMPLE, README, DOCKERFILE, DOCKERFILE_GPU],
                          ids=lambda p: p.name)
 def test_every_sasreid_variable_is_a_setting(path: Path) -> None:
     real = settings_env_names()
@@ -764,3 +808,129 @@ def test_readme_documents_the_compose_commands_and_durability() -> None:
     for needed in ("appendfsync everysec", "appendfsync always", "BGSAVE", ".backup", "config.json",
                    "model.safetensors"):
         assert needed in text, needed
+
+
+# ---- docker-compose.milvus.yml: Milvus, replicas and the proxy -----------------------------------
+
+
+def milvus_env() -> dict[str, str]:
+    """The replicas' SASREID_* settings: Dockerfile ENV < env example < base + milvus environment."""
+    env = {k: v for k, v in Dockerfile.load(DOCKERFILE).final_env().items() if k.startswith("SASREID_")}
+    env.update({name: value for name, value, commented in env_example_assignments() if not commented})
+    env.update(load_compose(milvus=True)["services"]["api"]["environment"])
+    return env
+
+
+def test_milvus_override_adds_milvus_with_etcd_and_minio_replicas_and_a_proxy() -> None:
+    compose = load_compose(milvus=True)
+    services = compose["services"]
+    assert {"api", "redis", "milvus", "etcd", "minio", "proxy"} <= set(services)
+    milvus = services["milvus"]
+    assert milvus["image"].startswith("milvusdb/milvus:v2.5.")  # the engine pymilvus 2.5 speaks to
+    assert milvus["command"] == ["milvus", "run", "standalone"]
+    assert milvus["environment"]["ETCD_ENDPOINTS"] == "etcd:2379"
+    assert milvus["environment"]["MINIO_ADDRESS"] == "minio:9000"
+    # Milvus logs in to MinIO with MinIO's own root credentials, which Compose requires to be set.
+    for milvus_key, minio_key in (("MINIO_ACCESS_KEY_ID", "MINIO_ROOT_USER"), ("MINIO_SECRET_ACCESS_KEY", "MINIO_ROOT_PASSWORD")):
+        value = milvus["environment"][milvus_key]
+        assert value == services["minio"]["environment"][minio_key]
+        assert re.fullmatch(rf"\$\{{{minio_key}:\?[^}}]+\}}", value), value
+
+    api = services["api"]
+    assert int(defaults(str(api["deploy"]["replicas"]))) >= 2
+    assert "ports" not in api, "replicas cannot share a host port: only the proxy is published"
+    assert api["build"]["args"]["INSTALL_EXTRAS"] == "milvus"
+    assert api["depends_on"]["redis"]["condition"] == api["depends_on"]["milvus"]["condition"] == "service_healthy"
+    assert milvus["depends_on"] == {"etcd": {"condition": "service_healthy"}, "minio": {"condition": "service_healthy"}}
+    for name, service in services.items():
+        for needed, how in (service.get("depends_on") or {}).items():
+            if how.get("condition") == "service_healthy":
+                assert "healthcheck" in services[needed], f"{name} waits for {needed}, which has no health check"
+        if name != "proxy":
+            assert not service.get("ports"), f"{name} must not be published"
+    for mount in (m for s in services.values() for m in volume_mounts(s)):
+        if mount["type"] == "volume":
+            assert mount["source"] in compose["volumes"], mount
+
+    # Redis keeps the base file's append-only file.
+    command = services["redis"]["command"]
+    assert dict(zip(command[1::2], command[2::2]))["--appendonly"] == "yes"
+
+
+def test_milvus_replicas_settings_are_valid_and_shared(clean_env: pytest.MonkeyPatch) -> None:
+    env = milvus_env()
+    env["SASREID_WRITE_KEYS"] = "w1"
+    settings = settings_from(env, clean_env)
+    settings.check_serviceable()
+    assert settings.index == "milvus" and settings.milvus_uri == "http://milvus:19530"
+    assert settings.snapshot_dir is None  # cleared: FAISS snapshots do not apply to Milvus
+    assert settings.store_url == "redis://redis:6379/0"  # one Redis for every replica
+    assert 0 < settings.sync_interval <= 1.0  # replicas see each other's writes within about a second
+    service = load_compose(milvus=True)["services"]["milvus"]
+    assert settings.milvus_uri.rsplit(":", 1)[-1] == "19530" and "healthcheck" in service
+    # The GPU file stacks under it: the GPU device stays, the index is Milvus.
+    stacked = load_compose(gpu=True, milvus=True)["services"]["api"]
+    assert stacked["environment"]["SASREID_DEVICE"] == "cuda" and stacked["environment"]["SASREID_INDEX"] == "milvus"
+    assert stacked["build"]["dockerfile"] == "deploy/Dockerfile.gpu" and stacked["build"]["args"]["INSTALL_EXTRAS"] == "milvus"
+
+
+@pytest.mark.parametrize("path", DOCKERFILES)
+def test_dockerfiles_install_the_extras_build_argument(path: Path) -> None:
+    tomllib = pytest.importorskip("tomllib")
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert "milvus" in extras and any(dep.startswith("pymilvus") for dep in extras["milvus"])
+    df = Dockerfile.load(path)
+    assert df.stage_args()["INSTALL_EXTRAS"] == ""  # off unless a compose file asks for it
+    runs = [run for run in df.runs() if "INSTALL_EXTRAS" in run]
+    assert len(runs) == 1 and '".[${INSTALL_EXTRAS}]"' in runs[0] and "--no-cache-dir" in runs[0]
+    if path == DOCKERFILE_GPU:  # before the faiss-gpu swap, which a later resolution would undo
+        assert df.runs().index(runs[0]) < next(i for i, r in enumerate(df.runs()) if "faiss-gpu" in r)
+
+
+def nginx_directives(text: str) -> list[tuple[str, list[str], list[str]]]:
+    """(directive, arguments, enclosing block names) of an nginx config, comments dropped."""
+    out: list[tuple[str, list[str], list[str]]] = []
+    stack: list[str] = []
+    tokens = re.findall(r'"[^"]*"|[{};]|[^\s{};]+', re.sub(r"#[^\n]*", "", text))
+    current: list[str] = []
+    for token in tokens:
+        if token == "{":
+            stack.append(" ".join(current))
+            current = []
+        elif token == "}":
+            stack.pop()
+        elif token == ";":
+            out.append((current[0], current[1:], list(stack)))
+            current = []
+        else:
+            current.append(token.strip('"'))
+    assert not stack and not current, "unbalanced nginx config"
+    return out
+
+
+def test_nginx_proxies_to_every_replica_with_the_apis_limits() -> None:
+    proxy = load_compose(milvus=True)["services"]["proxy"]
+    (mount,) = [m for m in volume_mounts(proxy) if m["target"].startswith("/etc/nginx")]
+    assert mount["type"] == "bind" and mount["read_only"] and (ROOT / mount["source"]).resolve() == NGINX_CONF
+    directives = nginx_directives(NGINX_CONF.read_text())
+
+    def values(name: str) -> list[list[str]]:
+        return [args for d, args, _ in directives if d == name]
+
+    (port,) = proxy["ports"]
+    host_ip, host_port, container_port = defaults(port).rsplit(":", 2)
+    assert (host_ip, host_port) == ("127.0.0.1", "8000")  # as the base file published the API
+    assert values("listen") == [[container_port]]
+    # Docker's DNS returns one address per replica; `resolve` follows restarts and scaling.
+    assert values("resolver")[0][0] == "127.0.0.11"
+    (server,) = [args for d, args, blocks in directives if d == "server" and blocks == ["upstream sasreid_api"]]
+    host, _, api_port = server[0].partition(":")
+    assert host == "api" and "resolve" in server[1:] and values("zone")
+    assert api_port == load_compose(milvus=True)["services"]["api"]["environment"]["SASREID_PORT"]
+    assert values("proxy_pass") == [["http://sasreid_api"]]
+    # A request the API accepts is never refused by the proxy first (the API answers 413 itself).
+    (size,) = values("client_max_body_size")
+    assert size[0].endswith("m") and int(size[0][:-1]) * 1024 * 1024 >= Settings.model_fields["max_request_bytes"].default
+    # Only connection failures move to another replica: an enroll is never sent twice.
+    assert values("proxy_next_upstream") == [["error"]]
+    assert proxy["healthcheck"]["test"][-1].endswith("/healthz")
