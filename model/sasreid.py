@@ -237,7 +237,7 @@ class SASVPReID(nn.Module):
         if lc.id_weight and out.logits:
             terms["id"] = sum(label_smoothed_ce(out.logits[k], pids, lc.label_smoothing)
                               for k in branches if k in out.logits)
-        memory_input = out.necked["v"] if self.cfg.mevb.memory_input == "bnneck" else out.feats["v"]
+        memory_input = self.memory_features(out)
         if self.memory is not None and lc.memory_weight:
             terms["memory"] = self.memory.loss(memory_input, pids)
         if out.betas is not None and lc.shape_prior_weight:
@@ -248,6 +248,10 @@ class SASVPReID(nn.Module):
         if update_memory and self.memory is not None:
             self.memory.update(memory_input, pids)
         return terms
+
+    def memory_features(self, out: ModelOutput) -> torch.Tensor:
+        """The v_i features the memory compares and is updated with (``cfg.mevb.memory_input``)."""
+        return out.necked["v"] if self.cfg.mevb.memory_input == "bnneck" else out.feats["v"]
 
     def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         """Trainable ``(name, parameter)`` pairs split for differential learning rates (paper 1

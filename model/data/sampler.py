@@ -64,18 +64,29 @@ class IdentityBalancedSampler(Sampler[list[int]]):
     Use as ``DataLoader(dataset, batch_sampler=sampler)``. Indices within a batch are grouped by
     identity (``k`` consecutive indices share a pid). Deterministic given ``seed`` and the epoch
     set with ``set_epoch``.
+
+    Distributed (``world_size > 1``): every rank builds the same global batches of
+    ``p * world_size`` identities from the shared seed and takes the ``rank``-th run of ``p``
+    whole identities of each, so the ranks see disjoint identities and the same number of steps.
     """
 
-    def __init__(self, pids: Sequence[int], p: int = 4, k: int = 4, seed: int = 0) -> None:
+    def __init__(self, pids: Sequence[int], p: int = 4, k: int = 4, seed: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
         if p < 1 or k < 1:
             raise ValueError("p and k must be >= 1")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
         self.pids = [int(x) for x in pids]
         self.p = p
         self.k = k
         self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
         self.epoch = 0
-        if len(set(self.pids)) < p:
-            raise ValueError(f"need at least p={p} identities for P x K batches, got {len(set(self.pids))}")
+        need = p * world_size
+        if len(set(self.pids)) < need:
+            across = f" (P={p} per rank x {world_size} ranks)" if world_size > 1 else ""
+            raise ValueError(f"need at least p={need} identities for P x K batches{across}, got {len(set(self.pids))}")
         self._cache: tuple[int, list[list[int]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -83,7 +94,9 @@ class IdentityBalancedSampler(Sampler[list[int]]):
 
     def _batches(self) -> list[list[int]]:
         if self._cache is None or self._cache[0] != self.epoch:
-            self._cache = (self.epoch, build_pk_batches(self.pids, self.p, self.k, self.seed, self.epoch))
+            batches = build_pk_batches(self.pids, self.p * self.world_size, self.k, self.seed, self.epoch)
+            share = self.p * self.k
+            self._cache = (self.epoch, [b[self.rank * share:(self.rank + 1) * share] for b in batches])
         return self._cache[1]
 
     def __iter__(self) -> Iterator[list[int]]:

@@ -52,6 +52,9 @@ class TrainConfig:
     milestones: tuple[int, ...] = (10, 20, 30)  # epochs (0-based) from which the lr is x gamma
     gamma: float = 0.1
     weight_decay: float = 1e-4  # paper silent; CLIP-ReID-family value, coupled L2 (Adam)
+    # Adam (paper); "sgd" = SGD with momentum 0.9 (the BoT / fast-reid alternative; its update is
+    # proportional to the gradient, which the distributed-equivalence test relies on).
+    optimizer: Literal["adam", "sgd"] = "adam"
     grad_clip: float | None = None  # max global grad norm; None = no clipping (paper)
     # Decay of an exponential moving average of the weights, served as final/ (the last iterate
     # stays in checkpoints/); None = off (paper). model.engine.weight_average.
@@ -84,6 +87,7 @@ class TrainConfig:
     temporal_pool: Literal["mean", "attention"] = "mean"
     side_info: Literal["none", "camera", "platform", "both"] = "none"
     grad_checkpointing: bool = False
+    sync_bn: bool = False  # SyncBatchNorm across the ranks of a distributed CUDA run
     scan_chunk: int | None = None  # pure-PyTorch Mamba scan chunk (speed only); None = model's
     # -- machinery --
     seed: int = 0
@@ -143,6 +147,7 @@ class TrainConfig:
             (0 <= self.jitter < 1, f"jitter must be in [0, 1), got {self.jitter}"),
             (self.weight_average is None or 0 < self.weight_average < 1,
              f"weight_average (decay) must be in (0, 1), got {self.weight_average}"),
+            (self.optimizer in ("adam", "sgd"), f"optimizer must be adam|sgd, got {self.optimizer!r}"),
             (self.schedule in ("step", "cosine"), f"schedule must be step|cosine, got {self.schedule!r}"),
             (self.memory_init in ("online", "centroids"), f"memory_init must be online|centroids, got {self.memory_init!r}"),
             (self.descriptor_weights is None or (len(self.descriptor_weights) == 3 and min(self.descriptor_weights) >= 0

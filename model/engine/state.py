@@ -64,6 +64,8 @@ class TrainingState:
     fingerprint: str
     train_config: dict[str, Any]
     weight_average: dict[str, Any] | None = None  # WeightAverage.state_dict() when the run averages
+    world_size: int = 1  # processes that trained the run (a resume must use as many)
+    rank_rng: list[dict[str, Any]] | None = None  # every rank's RNG states (distributed runs)
 
     def save(self, directory: Path) -> Path:
         """Write ``directory/training_state.pt`` atomically."""
@@ -86,8 +88,8 @@ class TrainingState:
         if data.get("version") != STATE_VERSION:
             raise ValueError(f"{path}: training state version {data.get('version')}, expected {STATE_VERSION}")
         fields = TrainingState.__dataclass_fields__
-        optional = {"weight_average"}
-        return TrainingState(**{k: data.get(k) if k in optional else data[k] for k in fields})
+        optional = {"weight_average": None, "world_size": 1, "rank_rng": None}
+        return TrainingState(**{k: data.get(k, optional[k]) if k in optional else data[k] for k in fields})
 
 
 def latest_state_dir(run_dir: Path) -> Path | None:

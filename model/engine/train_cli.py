@@ -81,6 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="after warm-up: x gamma at --milestones (step, paper) or a cosine decay to 0 (cosine)")
     g.add_argument("--milestones", type=_milestones, default=None, help="lr x gamma from these epochs (paper 10,20,30)")
     g.add_argument("--gamma", type=float, default=None, help=f"lr decay factor (paper {r.gamma})")
+    g.add_argument("--optimizer", choices=("adam", "sgd"), default=None,
+                   help="Adam (paper, default) or SGD with momentum 0.9")
     g.add_argument("--weight-decay", type=float, default=None, help=f"Adam weight decay (default {r.weight_decay})")
     g.add_argument("--crop-pad", type=int, default=None, help="random translation by up to N pixels (0 = off)")
     g.add_argument("--jitter-p", type=float, default=None,
@@ -118,6 +120,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     x.add_argument("--compile", action="store_const", const=True, default=None, help="torch.compile the model")
     x.add_argument("--grad-checkpointing", action="store_const", const=True, default=None,
                    help="activation checkpointing in the ViT")
+    x.add_argument("--sync-bn", action="store_const", const=True, default=None,
+                   help="distributed CUDA runs: BatchNorm statistics over the global batch (SyncBatchNorm)")
     x.add_argument("--no-bf16", action="store_const", const=False, default=None, help="no bf16 autocast on CUDA")
     x.add_argument("--num-workers", type=int, default=None, help="data loader workers (default 2)")
     x.add_argument("--frame-cache-mb", type=int, default=None,
@@ -159,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
     except (DatasetError, TrainingError, CheckpointError, WeightsError, ValueError) as exc:
         print(f"sasreid train: {exc}", file=sys.stderr)
         return 2
+    if not trainer.ctx.is_main:  # under torchrun, rank 0 reports for the run
+        return 0
     print(f"trained {result.epochs} epochs in {result.train_seconds:.1f} s; served checkpoint: {result.final_checkpoint}")
     if result.report is not None:
         print(result.report.format_table())

@@ -72,8 +72,9 @@ def augment_config(cfg: TrainConfig) -> AugmentConfig:
 
 
 def build_train_loader(tracklets: Sequence[Tracklet], cfg: TrainConfig, model_cfg: ModelConfig,
-                       pin_memory: bool = False) -> TrainLoader:
-    """Train pipeline for ``tracklets`` (pids must be relabelled ``0..C-1``)."""
+                       pin_memory: bool = False, rank: int = 0, world_size: int = 1) -> TrainLoader:
+    """Train pipeline for ``tracklets`` (pids must be relabelled ``0..C-1``); under distributed
+    training this rank's share of every global batch (``IdentityBalancedSampler``)."""
     dataset = VideoDataset(
         tracklets,
         seq_len=cfg.seq_len,
@@ -85,5 +86,6 @@ def build_train_loader(tracklets: Sequence[Tracklet], cfg: TrainConfig, model_cf
         seed=cfg.seed,
         frame_cache=FrameCache(cfg.frame_cache_mb << 20) if cfg.frame_cache_mb else None,
     )
-    sampler = IdentityBalancedSampler([t.pid for t in tracklets], p=cfg.p, k=cfg.k, seed=cfg.seed)
+    sampler = IdentityBalancedSampler([t.pid for t in tracklets], p=cfg.p, k=cfg.k, seed=cfg.seed, rank=rank,
+                                      world_size=world_size)
     return TrainLoader(dataset, sampler, cfg.num_workers, pin_memory, cfg.seed)

@@ -58,3 +58,25 @@ def test_deterministic_by_seed_and_epoch() -> None:
 def test_too_few_identities() -> None:
     with pytest.raises(ValueError, match="at least p=4 identities"):
         IdentityBalancedSampler([1, 1, 2, 2, 3], p=4, k=2)
+
+
+def test_ranks_split_each_global_batch_into_disjoint_whole_identities() -> None:
+    pids = [i // 3 for i in range(3 * 13)]  # 13 identities, 3 tracklets each
+    ranks = [IdentityBalancedSampler(pids, p=2, k=2, seed=5, rank=r, world_size=3) for r in range(3)]
+    single = IdentityBalancedSampler(pids, p=6, k=2, seed=5)
+    for sampler in (*ranks, single):
+        sampler.set_epoch(1)
+    per_rank = [list(s) for s in ranks]
+    # Equal step counts on every rank: a collective never waits for a rank that has run out.
+    assert len({len(b) for b in per_rank}) == 1 and len(per_rank[0]) == len(single)
+    for step, whole in enumerate(single):
+        shards = [b[step] for b in per_rank]
+        assert sum(shards, []) == whole
+        ids = [{pids[i] for i in shard} for shard in shards]
+        assert all(len(s) == 2 for s in ids)
+        assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+
+
+def test_too_few_identities_for_all_ranks() -> None:
+    with pytest.raises(ValueError, match=r"P=2 per rank x 3 ranks"):
+        IdentityBalancedSampler([0, 0, 1, 1, 2, 2, 3, 3, 4, 4], p=2, k=2, rank=0, world_size=3)
