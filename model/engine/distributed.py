@@ -143,6 +143,15 @@ def broadcast_object(ctx: DistContext, obj: Any) -> Any:
     return box[0]
 
 
+def broadcast_buffers(ctx: DistContext, module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm statistics, memory proxies) on every rank, as DDP does before
+    each forward; for passes that call the unwrapped model."""
+    if not ctx.distributed:
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf, src=0)
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
         dist.barrier()

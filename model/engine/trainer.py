@@ -50,6 +50,7 @@ from model.engine.distributed import (
     DistributedError,
     all_gather_rows,
     barrier,
+    broadcast_buffers,
     broadcast_object,
     gather_objects,
     init_distributed,
@@ -135,6 +136,8 @@ def init_memory_from_centroids(model: SASVPReID, loader: TrainLoader, device: to
     if model.memory is None:
         return
     ctx = ctx or DistContext(device=device)
+    # Every rank embeds with rank 0's BatchNorm statistics, those final/ is saved with.
+    broadcast_buffers(ctx, model)
     tracklets = loader.dataset.tracklets[ctx.rank::ctx.world_size]
     ds = eval_dataset(model, tracklets, loader.dataset.seq_len)
     dl = torch.utils.data.DataLoader(ds, batch_size=32, num_workers=loader.num_workers,

@@ -124,8 +124,8 @@ def test_two_ranks_stay_identical_and_match_one_process(make_easy_dataset, tmp_p
 
 def test_resume_under_two_processes_reproduces_straight_training(make_easy_dataset, tmp_path: Path):
     root = make_easy_dataset(tmp_path / "data", train_ids=8, test_ids=0, train_tracklets=3, frames=5)
-    # Adam and dropout included: every rank's RNG state is in the training state.
-    cfg = _cfg(prsd=True, optimizer="adam", lr_new=1e-3)
+    # Adam, dropout and the split centroid pass included: every rank's RNG state is in the training state.
+    cfg = _cfg(prsd=True, optimizer="adam", lr_new=1e-3, memory_init="centroids")
     _spawn(cfg, root, tmp_path / "straight", tmp_path / "s1")
     _spawn(cfg.replace(epochs=1), root, tmp_path / "split", tmp_path / "s2")
     _spawn(cfg, root, tmp_path / "split", tmp_path / "s3", resume=True)
