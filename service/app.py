@@ -8,6 +8,10 @@ store whenever a write left their agreement in doubt (see ``Runtime.mark_dirty``
 
 OpenAPI docs: ``/docs`` (Swagger UI), ``/redoc`` and ``/openapi.json``; none needs a key. The web
 console is at ``/ui`` (``service.ui``) unless ``settings.ui`` is off.
+
+Paths: the API is under ``/v1``; the unversioned paths of before remain as deprecated aliases
+(``service.api.versioning``); ``/healthz``, ``/readyz``, ``/metrics``, the docs and ``/ui`` are
+unversioned.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from service.api.body_limit import BodySizeLimitMiddleware
 from service.api.openapi import install_openapi
 from service.api.routes import identities, query, service, tracklets
 from service.api.timeouts import BodyTimeoutMiddleware
+from service.api.versioning import API_VERSION, DeprecationHeaders, include_versioned
 from service.core.config import Settings
 from service.core.errors import ApiError, install_error_handlers
 from service.metrics import MetricsMiddleware, ServiceMetrics
@@ -34,7 +39,6 @@ from service.ui import install_ui
 
 log = logging.getLogger(__name__)
 
-API_VERSION = "1"
 # How often the maintenance task looks for an index that needs a rebuild.
 _MAINTENANCE_INTERVAL_S = 1.0
 
@@ -102,7 +106,10 @@ def create_app(
     install_error_handlers(app)
     app.add_exception_handler(Exception, _internal_error)
     for module in (tracklets, identities, query, service):
-        app.include_router(module.router)
+        include_versioned(app, module.router)
+    for router in (tracklets.v1_router, query.v1_router):
+        include_versioned(app, router, v1_only=True)
+    app.include_router(service.probes)
     if settings.ui:
         install_ui(app)
     # Added last = outermost: the latency histogram also times requests rejected for their size.
@@ -110,5 +117,6 @@ def create_app(
         BodyTimeoutMiddleware, idle_s=settings.body_idle_timeout_s, total_s=settings.body_timeout_s
     )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(DeprecationHeaders)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -1,14 +1,15 @@
 """A small synchronous client of the retrieval API (used by ``sasreid enroll/query``, tests, bench).
 
 Every non-2xx answer raises ``ApiClientError`` carrying the status and the API's error code and
-message; connection problems raise ``httpx`` errors unchanged.
+message; connection problems raise ``httpx`` errors unchanged. API routes are called under ``/v1``
+(``API_PREFIX``); the probes ``/healthz`` and ``/readyz`` are unversioned.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,11 @@ FrameInput = Path | str | bytes | tuple[str, bytes]
 # defaults accept 20,000 records and 64 MB).
 DEFAULT_BATCH_RECORDS = 5000
 DEFAULT_BATCH_BYTES = 16 * 1024 * 1024
+
+API_PREFIX = "/v1"
+# A listing stops after this many pages (at most 1000 tracklets each): far beyond any gallery, so
+# only a server that kept answering with a next_cursor would reach it.
+MAX_LIST_PAGES = 1_000_000
 
 _MIME = {b"\xff\xd8\xff": "image/jpeg", b"\x89PN": "image/png", b"RIF": "image/webp"}
 
@@ -104,7 +110,8 @@ class SasreidClient:
         self._http.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        response = self._http.request(method, path, **kwargs)
+        """An API route: ``path`` is relative to the API version (``/tracklets`` -> ``/v1/tracklets``)."""
+        response = self._http.request(method, API_PREFIX + path, **kwargs)
         _raise_for(response)
         return response
 
@@ -196,6 +203,23 @@ class SasreidClient:
     def delete_tracklet(self, tracklet_id: str) -> dict[str, Any]:
         return self._call("DELETE", f"/tracklets/{_quote(tracklet_id)}").json()
 
+    def list_tracklets(self, limit: int = 100, cursor: str | None = None, **filters: Any) -> dict[str, Any]:
+        """One page of ``GET /v1/tracklets``; ``filters``: ``platform``, ``camera``, ``session``,
+        ``identity``, ``since``, ``until`` (unix seconds or RFC 3339 text)."""
+        params = {k: v for k, v in {**filters, "limit": limit, "cursor": cursor}.items() if v is not None}
+        return self._call("GET", "/tracklets", params=params).json()
+
+    def iter_tracklets(self, page_size: int = 1000, **filters: Any) -> Iterator[dict[str, Any]]:
+        """Every tracklet that passes ``filters``, page after page, in enrollment order."""
+        cursor: str | None = None
+        for _ in range(MAX_LIST_PAGES):
+            page = self.list_tracklets(limit=page_size, cursor=cursor, **filters)
+            yield from page["items"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return
+        raise RuntimeError(f"the listing did not end after {MAX_LIST_PAGES} pages")
+
     # ---- identities --------------------------------------------------------------------------
     def list_identities(self, offset: int = 0, limit: int = 100) -> dict[str, Any]:
         return self._call("GET", "/identities", params={"offset": offset, "limit": limit}).json()
@@ -228,6 +252,27 @@ class SasreidClient:
         assert frames is not None
         files = [_frame_part(i, f) for i, f in enumerate(frames)]
         return self._call("POST", "/query", data=_form(fields), files=files).json()
+
+    def query_batch(self, queries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Several queries in one ``POST /v1/query/batch``; returns one answer per query, in order.
+
+        Each query is a mapping of query options with either ``tracklet_id`` or ``frames`` (a
+        sequence of frames, as for ``query``). With any ``frames`` the batch is sent as multipart."""
+        items: list[dict[str, Any]] = []
+        files: list[tuple[str, tuple[str, bytes, str]]] = []
+        for query in queries:
+            item = {k: v for k, v in query.items() if v is not None}
+            frames = item.pop("frames", None)
+            if frames is not None:
+                item["frames"] = len(frames)
+                files += [_frame_part(len(files) + i, f) for i, f in enumerate(frames)]
+            items.append(item)
+        if not files:
+            response = self._call("POST", "/query/batch", json={"queries": items})
+        else:
+            part = ("queries", (None, json.dumps(items).encode(), "application/json"))
+            response = self._call("POST", "/query/batch", files=[part, *files])  # type: ignore[list-item]
+        return list(response.json()["answers"])
 
 
 def _quote(value: str) -> str:

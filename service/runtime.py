@@ -182,6 +182,7 @@ class Runtime:
         self.metrics.bind_gallery(
             lambda: float(len(self.gallery)) if self.gallery is not None else 0.0,
             lambda: float(len(self.gallery.identities())) if self.gallery is not None else 0.0,
+            dim=self.encoder.dim,
         )
         self.phase = "ready"
         self.metrics.ready.set(1)

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+)
 
 from index.store import Record
 
@@ -22,7 +31,11 @@ def _id_pattern(forbidden: str, edge_forbidden: str) -> str:
     return rf"^(?:{edge_not_dot}|{edge_not_dot}{edge}|\.{edge_not_dot}|{edge}{any_}+{edge})$"
 
 
-_ID_PATTERN = _id_pattern(r"/\\\x00-\x1f\x7f", r"\s")
+# Whitespace spelled out rather than ``\s``: Python's ``\s`` also matches U+0085 and ECMAScript's
+# (the dialect of an OpenAPI ``pattern``) U+FEFF, so a schema-generated id could start with U+0085
+# and be refused. This class is the union of both, so every reader of the schema agrees.
+_WHITESPACE = r"\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+_ID_PATTERN = _id_pattern(r"/\\\x00-\x1f\x7f", _WHITESPACE)
 # Ids in a URL path: anything but a slash or a dot segment. Looser than ``Identifier`` on purpose,
 # so a tracklet stored before the rules tightened can still be read and deleted (unknown ids 404).
 PATH_ID_PATTERN = _id_pattern("/", "")
@@ -36,6 +49,57 @@ MAX_OFFSET = 1_000_000_000  # far beyond any gallery; offset + limit stays insid
 MAX_TOP_K = 10_000  # the schema's bound; settings.max_top_k (<= this) is the served one
 MAX_RERANK_K = 1000  # k1, k2 and the neighbour graph's k
 MAX_NUM_FRAMES = 1_000_000
+MAX_PAGE = 1000  # items per page of a listing
+MAX_QUERY_BATCH = 32  # queries per POST /v1/query/batch
+MAX_CURSOR_LENGTH = 200
+# Time filters: unix seconds, or RFC 3339 text with an offset, of a time in years 1 to 9999.
+_DAY = 86_400.0
+MIN_UNIX_TIME = -62_135_596_800.0 - _DAY  # 0001-01-01T00:00:00 at the largest offset
+MAX_UNIX_TIME = 253_402_300_799.0 + _DAY  # 9999-12-31T23:59:59 at the smallest offset
+
+
+def _parse_instant(value: object) -> object:
+    """Unix seconds (a number, or its text as a form field sends it) or an RFC 3339 time -> unix
+    seconds. One validator instead of a ``float | datetime`` union, whose errors name the union's
+    branches and whose datetime branch reads large numbers as milliseconds."""
+    if isinstance(value, datetime):
+        when = value
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError("must be unix seconds or an RFC 3339 time such as 2026-12-01T00:00:00Z") from None
+    else:
+        return value
+    if when.tzinfo is None:
+        # Read in the server's zone, which clients do not know: refused rather than guessed.
+        raise ValueError("an RFC 3339 time needs an offset (Z or +01:00)")
+    return when.timestamp()
+
+
+Instant = Annotated[
+    float,
+    BeforeValidator(_parse_instant),
+    Field(ge=MIN_UNIX_TIME, le=MAX_UNIX_TIME, allow_inf_nan=False),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": MIN_UNIX_TIME, "maximum": MAX_UNIX_TIME},
+                {"type": "string", "format": "date-time"},
+            ]
+        }
+    ),
+]
+SINCE_DESCRIPTION = (
+    "only gallery tracklets enrolled at or after this time: unix seconds, or an RFC 3339 time with "
+    "an offset (2026-12-01T00:00:00Z)"
+)
+UNTIL_DESCRIPTION = "only gallery tracklets enrolled before this time (same forms as since)"
 
 
 def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
@@ -147,6 +211,16 @@ class BatchRecordIn(BaseModel):
         return _check_metadata(value)
 
 
+class TrackletPage(BaseModel):
+    """A page of ``GET /v1/tracklets``, in enrollment order (oldest first)."""
+
+    items: list[TrackletOut]
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null on the last page (opaque: do not parse it)"
+    )
+    limit: int
+
+
 class BatchResult(BaseModel):
     created: int = Field(description="records stored by this request")
     existing: int = Field(description="records that were already stored with the same content")
@@ -199,6 +273,9 @@ class QueryOptions(BaseModel):
     )
     platform: Platform | None = Field(None, description="only gallery tracklets from this platform")
     camera: Label | None = Field(None, description="only gallery tracklets from this camera")
+    session: Label | None = Field(None, description="only gallery tracklets from this session")
+    since: Instant | None = Field(None, description=SINCE_DESCRIPTION)
+    until: Instant | None = Field(None, description=UNTIL_DESCRIPTION)
     query_camera: Label | None = Field(
         None, description="camera of the query tracklet (a tracklet_id query defaults to the stored one)"
     )
@@ -210,6 +287,31 @@ class QueryOptions(BaseModel):
 
 class QueryByTracklet(QueryOptions):
     tracklet_id: Identifier = Field(description="an enrolled tracklet; it is excluded from its own results")
+
+
+class BatchQueryItem(QueryOptions):
+    """One query of ``POST /v1/query/batch``: an enrolled ``tracklet_id``, or (multipart only) the
+    next ``frames`` uploaded files; and its own options."""
+
+    tracklet_id: Identifier | None = Field(
+        None, description="an enrolled tracklet (excluded from its own results); or give frames"
+    )
+    frames: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="multipart only: this query's tracklet is the next this-many uploaded `frames` files, "
+        "in upload order (at most the server's max_frames_per_tracklet)",
+    )
+
+
+class BatchQueryRequest(BaseModel):
+    """The JSON body of ``POST /v1/query/batch``: queries by ``tracklet_id`` (frames need multipart)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Length checked by the route (413 too_many_queries, 422 empty_batch), stated by the schema.
+    queries: list[QueryByTracklet] = Field(json_schema_extra={"minItems": 1, "maxItems": MAX_QUERY_BATCH})
 
 
 class TrackletScore(BaseModel):
@@ -238,6 +340,17 @@ class QueryResponse(BaseModel):
     results: list[IdentityResult]
     reranked: bool
     timings_ms: Timings
+
+
+class BatchAnswer(QueryResponse):
+    """The answer to one query of a batch (the same position as in ``queries``)."""
+
+    tracklet_id: str | None = Field(description="the query's tracklet_id; null for uploaded frames")
+
+
+class BatchQueryResponse(BaseModel):
+    answers: list[BatchAnswer] = Field(description="one per query, in the order of `queries`")
+    total_ms: float = Field(description="the whole request, server side")
 
 
 # ---- service -----------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Turning query options into a gallery search, and the search result into the API's ranking.
 
-Filters: ``platform`` and ``camera`` keep only gallery tracklets with that value;
+Filters: ``platform``, ``camera`` and ``session`` keep only gallery tracklets with that value;
+``since`` / ``until`` keep those enrolled in ``[since, until)`` (``created_at``);
 ``exclude_same_camera`` drops gallery tracklets recorded by the query's camera (``query_camera``,
 which a ``tracklet_id`` query takes from the stored tracklet unless given).
 
@@ -39,6 +40,18 @@ class SearchOutcome:
     rerank_ms: float
 
 
+def time_range(start: float | None, end: float | None) -> tuple[float | None, float | None]:
+    """``since`` / ``until`` (unix seconds), checked: 422 when the range is empty."""
+    if start is not None and end is not None and start >= end:
+        raise ApiError(
+            422,
+            "invalid_time_range",
+            f"since ({start:.6f}) must be before until ({end:.6f}): the range [since, until) is empty",
+            field="until",
+        )
+    return start, end
+
+
 def build_filter(options: QueryOptions, query_camera: str | None) -> SearchFilter | None:
     if options.exclude_same_camera and query_camera is None:
         raise ApiError(
@@ -48,10 +61,14 @@ def build_filter(options: QueryOptions, query_camera: str | None) -> SearchFilte
             "query), or query with an enrolled tracklet that has a camera",
             field="query_camera",
         )
+    created_from, created_to = time_range(options.since, options.until)
     filt = SearchFilter(
         platform=options.platform,
         camera=options.camera,
+        session=options.session,
         exclude_camera=query_camera if options.exclude_same_camera else None,
+        created_from=created_from,
+        created_to=created_to,
     )
     return filt if filt.active else None
 

@@ -23,7 +23,9 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
+from service.api.versioning import API_PREFIX
 from service.core.config import Settings
+from service.schemas import MAX_QUERY_BATCH
 
 
 def _without_null(prop: dict[str, Any]) -> dict[str, Any]:
@@ -67,14 +69,18 @@ def _set_bound(prop: dict[str, Any], key: str, value: int) -> None:
 
 def served_limits(doc: dict[str, Any], settings: Settings, dim: int | None) -> dict[str, Any]:
     """Write the settings' (and the checkpoint's) limits into the generated document."""
+    max_frames = settings.max_frames_per_tracklet
 
     def visit(node: dict[str, Any]) -> None:
         props = node.get("properties")
         if not isinstance(props, dict):
             return
-        if "frames" in props:
-            props["frames"]["minItems"] = 1
-            props["frames"]["maxItems"] = settings.max_frames_per_tracklet
+        frames = props.get("frames")
+        if isinstance(frames, dict) and frames.get("type") == "array":  # uploaded files
+            frames["minItems"] = 1
+            frames["maxItems"] = max_frames
+        elif isinstance(frames, dict):  # a batch query's count of uploaded files
+            _set_bound(frames, "maximum", max_frames)
         if "top_k" in props:
             _set_bound(props["top_k"], "maximum", settings.max_top_k)
         if settings.graph_k:
@@ -88,14 +94,22 @@ def served_limits(doc: dict[str, Any], settings: Settings, dim: int | None) -> d
             props["descriptor"]["minItems"] = dim
             props["descriptor"]["maxItems"] = dim
 
-    for item in doc.get("paths", {}).values():
+    paths = doc.get("paths", {})
+    for item in paths.values():
         for op in item.values():
             _walk(op.get("requestBody", {}), visit)
-    batch = doc.get("paths", {}).get("/tracklets/batch", {}).get("post", {})
-    schema = batch.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
-    if isinstance(schema, dict):
-        schema["minItems"] = 1
-        schema["maxItems"] = settings.max_batch_records
+    for prefix in ("", API_PREFIX):
+        batch = paths.get(f"{prefix}/tracklets/batch", {}).get("post", {})
+        schema = batch.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+        if isinstance(schema, dict):
+            schema["minItems"] = 1
+            schema["maxItems"] = settings.max_batch_records
+    queries = paths.get(f"{API_PREFIX}/query/batch", {}).get("post", {}).get("requestBody", {}).get("content", {})
+    form = queries.get("multipart/form-data", {}).get("schema", {}).get("properties", {})
+    if "frames" in form:
+        # Every query's frames in one upload; none at all when every query is by tracklet_id.
+        form["frames"]["minItems"] = 0
+        form["frames"]["maxItems"] = MAX_QUERY_BATCH * max_frames
     return doc
 
 

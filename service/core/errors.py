@@ -7,12 +7,14 @@ Every 4xx/5xx answer of the API has the body::
 
 ``field`` and ``file`` are present only when they apply. Store errors are translated here so route
 code never needs to know which backend is in use.
+
+Every 503 carries ``Retry-After`` (``ApiError`` adds one when the raiser did not): a 503 is always
+"try again later", and clients and proxies back off by that header rather than guessing.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -32,8 +34,13 @@ from index.store import (
     TrackletConflict,
     TrackletNotFound,
 )
+from service.api.versioning import served_routes
 
 log = logging.getLogger(__name__)
+
+
+# Seconds a client should wait before retrying a 503 whose raiser gave no better estimate.
+RETRY_AFTER_S = 1
 
 
 class ApiError(Exception):
@@ -55,6 +62,8 @@ class ApiError(Exception):
         self.message = message
         self.field = field
         self.file = file
+        if status == 503 and not any(k.lower() == "retry-after" for k in (headers or {})):
+            headers = {**(headers or {}), "Retry-After": str(RETRY_AFTER_S)}
         self.headers = headers
 
     def body(self) -> dict[str, Any]:
@@ -143,18 +152,6 @@ _HTTP_CODES = {
 }
 
 
-def _route_methods(routes: Any) -> Iterator[tuple[Any, set[str]]]:
-    """(path regex, methods) of every route, looking inside included routers (FastAPI wraps
-    them in objects whose ``matches`` does not report a method mismatch)."""
-    for route in routes or ():
-        regex, methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
-        if regex is not None and methods:
-            yield regex, set(methods)
-        inner = getattr(route, "routes", None) or getattr(getattr(route, "original_router", None), "routes", None)
-        if inner:
-            yield from _route_methods(inner)
-
-
 def _allowed_methods(request: Request) -> list[str]:
     """Every method some route serves at the request's path.
 
@@ -163,9 +160,9 @@ def _allowed_methods(request: Request) -> list[str]:
     """
     path = request.scope.get("path", "")
     methods: set[str] = set()
-    for regex, route_methods in _route_methods(request.app.router.routes):
-        if regex.match(path):
-            methods |= route_methods
+    for route in served_routes(request.app):
+        if route.regex.match(path):
+            methods |= route.methods
     return sorted(methods)
 
 

@@ -1,4 +1,5 @@
-"""Service routes: ``/stats`` (read key), ``/healthz``, ``/readyz`` and ``/metrics`` (no key)."""
+"""Service routes: ``/stats`` (read key, versioned with the API) and the unversioned probes
+``/healthz``, ``/readyz`` and ``/metrics`` (no key), whose paths orchestrators and Prometheus fix."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from service.runtime import Runtime
 from service.schemas import Health, Readiness, Stats, error_responses
 
 router = APIRouter(tags=["service"])
+probes = APIRouter(tags=["service"])
 
 
 def _stats(runtime: Runtime) -> Stats:
@@ -41,12 +43,12 @@ async def stats(_: ReadAccess, runtime: RuntimeDep) -> Stats:
     return await run_in_threadpool(_stats, runtime)
 
 
-@router.get("/healthz", response_model=Health, summary="The process is alive")
+@probes.get("/healthz", response_model=Health, summary="The process is alive")
 async def healthz() -> Health:
     return Health()
 
 
-@router.get(
+@probes.get(
     "/readyz",
     response_model=Readiness,
     summary="200 once the model is loaded and the index restored, 503 before",
@@ -63,6 +65,6 @@ async def readyz(runtime: RuntimeDep) -> Readiness:
     return Readiness(ready=True, tracklets=len(gallery) if gallery is not None else None)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@probes.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(runtime: RuntimeDep) -> Response:
     return Response(runtime.metrics.render(), media_type=PROM_CONTENT_TYPE)

@@ -1,8 +1,12 @@
-"""``/tracklets``: enroll from frames, bulk-import descriptors, get and delete, and thumbnails of
-kept frames."""
+"""``/tracklets``: enroll from frames, bulk-import descriptors, list (``/v1`` only), get and delete,
+and thumbnails of kept frames."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import json
 import math
 import uuid
 from typing import Annotated
@@ -13,6 +17,7 @@ from pydantic import TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
 from index.store import Record
+from index.types import GalleryEntry, SearchFilter
 from service import thumbnails
 from service.api.deps import ReadAccess, ReadyRuntime, WriteAccess
 from service.api.forms import (
@@ -36,17 +41,29 @@ from service.enrollment import (
 )
 from service.runtime import Runtime
 from service.schemas import (
+    MAX_CURSOR_LENGTH,
+    MAX_PAGE,
     PATH_ID_PATTERN,
+    SINCE_DESCRIPTION,
+    UNTIL_DESCRIPTION,
     BatchRecordIn,
     BatchResult,
     EnrollFields,
+    Identifier,
+    Instant,
+    Label,
+    Platform,
     TrackletDeleted,
     TrackletOut,
+    TrackletPage,
     error_responses,
 )
+from service.search import time_range
 from service.thumbnails import thumbnail
 
 router = APIRouter(prefix="/tracklets", tags=["tracklets"])
+# Routes added with /v1: no unversioned alias (service.api.versioning).
+v1_router = APIRouter(prefix="/tracklets", tags=["tracklets"])
 
 _BATCH = TypeAdapter(list[BatchRecordIn])
 _WRITE_ERRORS = error_responses(400, 401, 403, 409, 413, 415, 422, 503, 507)
@@ -300,3 +317,113 @@ async def get_frame(
         return Response(status_code=304, headers=headers)
     data = await runtime.decoding(_thumbnail, runtime, tracklet_id, index, size)
     return Response(data, media_type=thumbnails.MEDIA_TYPE, headers=headers)
+
+
+# ---- listing (GET /v1/tracklets) ---------------------------------------------------------------
+# Pages follow the store's int ids, which only grow and are never reused: a tracklet enrolled while
+# a client pages sorts after every id that existed, so no page shifts, nothing is listed twice and
+# nothing that existed when the listing began (and was not deleted) is skipped. The cursor is the
+# last int id listed plus a digest of the filters, so it cannot be replayed with other filters.
+_CURSOR_VERSION = 1
+
+
+def _filters_digest(filt: SearchFilter, identity: str | None) -> str:
+    key = json.dumps(
+        [filt.platform, filt.camera, filt.session, identity, filt.created_from, filt.created_to], separators=(",", ":")
+    )
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def encode_cursor(after: int, digest: str) -> str:
+    raw = json.dumps({"v": _CURSOR_VERSION, "after": after, "f": digest}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _bad_cursor(why: str) -> ApiError:
+    return ApiError(422, "invalid_cursor", f"cursor: {why}; pass a next_cursor exactly as returned", field="cursor")
+
+
+def decode_cursor(cursor: str, digest: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = json.loads(raw)
+    except (binascii.Error, ValueError):
+        raise _bad_cursor("not a cursor this server made") from None
+    if not isinstance(data, dict) or data.get("v") != _CURSOR_VERSION:
+        raise _bad_cursor("not a cursor this server made")
+    after = data.get("after")
+    if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after < 2**63:
+        raise _bad_cursor("not a cursor this server made")
+    if data.get("f") != digest:
+        raise _bad_cursor("it belongs to a listing with other filters (send the same filters on every page)")
+    return after
+
+
+def _page(
+    runtime: Runtime, filt: SearchFilter, identity: str | None, after: int, limit: int
+) -> tuple[list[Record], int | None]:
+    """Records after int id ``after`` that pass the filters, at most ``limit``, and the int id the
+    next page starts after (None on the last page).
+
+    The filters are applied to the search index's metadata (in memory), then the page's records
+    are read from the store, which holds the rest of each record; a tracklet deleted in between is
+    left out of the page without moving the cursor."""
+    gallery = runtime.gallery
+    assert gallery is not None
+    ids = gallery.int_ids()
+    picked: list[GalleryEntry] = []
+    more = False
+    # One pass over at most the whole gallery, stopping at the first match past the page.
+    for int_id in ids[int(np.searchsorted(ids, after, side="right")) :].tolist():
+        entry = gallery.entry(int_id)
+        if entry is None or (identity is not None and entry.identity != identity) or not filt.matches(entry):
+            continue
+        if len(picked) == limit:
+            more = True
+            break
+        picked.append(entry)
+    records = []
+    for entry in picked:
+        record = runtime.store.get(entry.tracklet_id)
+        # Another int id: deleted and enrolled again since; listed later under its new id.
+        if record is not None and record.int_id == entry.int_id:
+            records.append(record)
+    return records, (picked[-1].int_id if more else None)
+
+
+@v1_router.get(
+    "",
+    response_model=TrackletPage,
+    summary="List stored tracklets (cursor pages, oldest first, with filters)",
+    responses=error_responses(401, 422, 503),
+)
+async def list_tracklets(
+    _: ReadAccess,
+    runtime: ReadyRuntime,
+    platform: Annotated[Platform | None, Query(description="only tracklets from this platform")] = None,
+    camera: Annotated[Label | None, Query(description="only tracklets from this camera")] = None,
+    session: Annotated[Label | None, Query(description="only tracklets from this session")] = None,
+    identity: Annotated[Identifier | None, Query(description="only tracklets of this identity")] = None,
+    since: Annotated[Instant | None, Query(description=SINCE_DESCRIPTION.replace("gallery ", ""))] = None,
+    until: Annotated[Instant | None, Query(description=UNTIL_DESCRIPTION.replace("gallery ", ""))] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="tracklets per page")] = 100,
+    cursor: Annotated[
+        str | None, Query(min_length=1, max_length=MAX_CURSOR_LENGTH, description="next_cursor of the previous page")
+    ] = None,
+) -> TrackletPage:
+    """Tracklets in enrollment order, ``limit`` per page; ``next_cursor`` fetches the next page
+    (null on the last). Paging is stable while others enroll: nothing is listed twice or skipped,
+    and tracklets enrolled meanwhile come at the end. On a replica, another replica's writes are
+    listed once it has applied them (``SASREID_SYNC_INTERVAL``)."""
+    created_from, created_to = time_range(since, until)
+    filt = SearchFilter(
+        platform=platform, camera=camera, session=session, created_from=created_from, created_to=created_to
+    )
+    digest = _filters_digest(filt, identity)
+    after = decode_cursor(cursor, digest) if cursor is not None else 0
+    records, next_after = await run_in_threadpool(_page, runtime, filt, identity, after, limit)
+    return TrackletPage(
+        items=[TrackletOut.from_record(r) for r in records],
+        next_cursor=encode_cursor(next_after, digest) if next_after is not None else None,
+        limit=limit,
+    )
