@@ -4,7 +4,7 @@
 the tracklet folder name, the identity the person folder name, camera/platform/session come from
 the dataset loader (frame names or ``manifest.csv``). Re-running it is safe: tracklets already
 stored with the same content are counted as existing, not duplicated. A tracklet with more frames
-than the server accepts (``max_frames_per_tracklet`` from ``/stats``) is uploaded as that many
+than the server accepts (``max_frames_per_tracklet`` from ``/v1/stats``) is uploaded as that many
 frames evenly spaced in time (deterministic, so re-runs upload the same frames). Frames that are
 not JPEG/PNG/WebP files (``.bmp``) are converted to PNG before upload.
 
@@ -53,6 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("--top-k", type=int, default=10)
         parser.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
         parser.add_argument("--platform", choices=["aerial", "ground"], default=None, help="gallery platform filter")
+        parser.add_argument(
+            "--since", default=None, help="only gallery tracklets enrolled at or after this time (unix seconds or RFC 3339)"
+        )
+        parser.add_argument("--until", default=None, help="only gallery tracklets enrolled before this time")
         parser.add_argument("--json", action="store_true", help="print the raw JSON answer")
     else:
         raise ValueError(f"unknown command {command!r}")
@@ -232,7 +236,9 @@ def _query(client: SasreidClient, args: argparse.Namespace) -> int:
         return 2
     limit = int(client.stats().get("max_frames_per_tracklet", 64))
     frames = [read_frame(p) for p in pick_frames(paths, limit)]
-    answer = client.query(frames=frames, top_k=args.top_k, rerank=args.rerank, platform=args.platform)
+    answer = client.query(
+        frames=frames, top_k=args.top_k, rerank=args.rerank, platform=args.platform, since=args.since, until=args.until
+    )
     if args.json:
         print(json.dumps(answer, indent=2))
         return 0

@@ -137,14 +137,22 @@ class ApiRanking:
     scores: list[list[float]]
 
 
+# Queries per POST /v1/query/batch: the server takes up to 32; 8 keeps each upload a few MB.
+QUERY_BATCH = 8
+
+
 def query_all(client: SasreidClient, queries: list[Tracklet], label: str, rerank: bool, top_k: int) -> ApiRanking:
     ids, scores = [], []
-    for t in tqdm(queries, desc=f"{label} query{' +rerank' if rerank else ''}", unit="query"):
-        out = client.query(_frames(t), top_k=top_k, rerank=rerank)
-        hits = [(tr["score"], tr["tracklet_id"]) for r in out["results"] for tr in r["tracklets"]]
-        hits.sort(key=lambda h: -h[0])  # stable: equal scores keep the API's order
-        ids.append([h[1] for h in hits])
-        scores.append([h[0] for h in hits])
+    with tqdm(total=len(queries), desc=f"{label} query{' +rerank' if rerank else ''}", unit="query") as bar:
+        for start in range(0, len(queries), QUERY_BATCH):
+            chunk = queries[start : start + QUERY_BATCH]
+            answers = client.query_batch([{"frames": _frames(t), "top_k": top_k, "rerank": rerank} for t in chunk])
+            for out in answers:
+                hits = [(tr["score"], tr["tracklet_id"]) for r in out["results"] for tr in r["tracklets"]]
+                hits.sort(key=lambda h: -h[0])  # stable: equal scores keep the API's order
+                ids.append([h[1] for h in hits])
+                scores.append([h[0] for h in hits])
+            bar.update(len(chunk))
     return ApiRanking(ids, scores)
 
 

@@ -1,9 +1,10 @@
 """The investigators' web console: ``GET /ui`` and its static assets under ``/ui/static/``.
 
 Plain static files, no build step and no templates: ``index.html`` holds no data and no secret,
-``console.js`` builds every page in the browser from the public API (``/query``, ``/identities``,
-``/tracklets``, ``/stats``, the thumbnails of ``/tracklets/{id}/frames/{i}``), exactly as any other
-client would. The API key the user types is kept in the tab's ``sessionStorage`` and sent in the
+``console.js`` builds every page in the browser from the public API (``/v1/query``,
+``/v1/identities``, ``/v1/tracklets``, ``/v1/stats``, the thumbnails of
+``/v1/tracklets/{id}/frames/{i}``), exactly as any other client would. The API key the user
+types is kept in the tab's ``sessionStorage`` and sent in the
 ``X-API-Key`` header; it never appears in a URL, so it is in no access log or browser history.
 
 Safety: everything that comes from the gallery (identity names, tracklet ids, metadata) is put in

@@ -209,7 +209,7 @@ class Console:
     def browser_errors(self) -> list[str]:
         """Console messages at error level since the last call (CSP violations, uncaught errors,
         failed loads), except the API's 401/403 answers: chromium logs every non-2xx fetch, and the
-        console asks ``/stats`` without a key on purpose (it is how it learns that auth is off)."""
+        console asks ``/v1/stats`` without a key on purpose (it is how it learns that auth is off)."""
         messages = [str(e["message"]) for e in self.driver.get_log("browser") if e.get("level") == "SEVERE"]
         return [m for m in messages if not _AUTH_ANSWER.search(m)]
 

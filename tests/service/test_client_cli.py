@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from service.cli import main
@@ -69,6 +71,17 @@ def test_enroll_and_query_cli(
     assert main(["query", "--url", url, "--api-key", READ, "--rerank", str(folder)]) == 0
     table = capsys.readouterr().out
     assert "re-ranked" in table and table.splitlines()[2].split()[:2] == ["1", "0002"]
+
+    # --since: only the tracklet enrolled last (case2's) is in range; RFC 3339 text works the same.
+    last = max(client.iter_tracklets(), key=lambda t: t["created_at"])
+    assert main(["query", "--url", url, "--api-key", READ, "--json", "--since", str(last["created_at"]), str(folder)]) == 0
+    assert [t["tracklet_id"] for r in json.loads(capsys.readouterr().out)["results"] for t in r["tracklets"]] == [
+        last["tracklet_id"]]
+    assert main(["query", "--url", url, "--api-key", READ, "--json", "--until", "1970-01-02T00:00:00Z", str(folder)]) == 0
+    assert json.loads(capsys.readouterr().out)["results"] == []
+    # The CLI speaks the versioned API only.
+    routes = set(re.findall(r'route="([^"]+)"', httpx.get(f"{url}/metrics").text))
+    assert "/v1/query" in routes and "/v1/tracklets" in routes and "/query" not in routes and "/tracklets" not in routes
 
 
 def test_cli_errors(

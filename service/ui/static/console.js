@@ -102,7 +102,7 @@
   const server = { stats: null };
 
   async function loadStats() {
-    server.stats = await getJson("/stats");
+    server.stats = await getJson("/v1/stats");
     return server.stats;
   }
 
@@ -193,7 +193,7 @@
 
     record(id) {
       if (!this.records.has(id)) {
-        const p = getJson(`/tracklets/${seg(id)}`);
+        const p = getJson(`/v1/tracklets/${seg(id)}`);
         p.catch(() => this.records.delete(id));
         this.records.set(id, p);
       }
@@ -205,7 +205,7 @@
       if (!this.urls.has(cacheKey)) {
         const p = this.schedule(async () => {
           try {
-            const response = await api("GET", `/tracklets/${seg(id)}/frames/${index}?size=${THUMB_SIZE}`);
+            const response = await api("GET", `/v1/tracklets/${seg(id)}/frames/${index}?size=${THUMB_SIZE}`);
             return URL.createObjectURL(await response.blob());
           } catch (err) {
             if (err.status === 404 && err.code === "frames_not_kept") return null;
@@ -312,14 +312,14 @@
       const id = $("query-tracklet").value.trim();
       if (!id) return showError("enter the id of an enrolled tracklet");
       status.textContent = `searching with tracklet ${id}…`;
-      response = api("POST", "/query", { json: { tracklet_id: id, ...opts } });
+      response = api("POST", "/v1/query", { json: { tracklet_id: id, ...opts } });
     } else {
       if (!search.files.length) return showError("choose or drop the frames of the query tracklet first");
       const form = new FormData();
       for (const [field, value] of Object.entries(opts)) form.append(field, String(value));
       for (const file of search.files) form.append("frames", file, file.name);
       status.textContent = `searching with ${search.files.length} uploaded frames…`;
-      response = api("POST", "/query", { body: form });
+      response = api("POST", "/v1/query", { body: form });
     }
     clear($("search-results"));
     $("search-timings").textContent = "";
@@ -448,7 +448,7 @@
   }
 
   async function showGallery(offset, current) {
-    const [stats, page] = await Promise.all([loadStats(), getJson(`/identities?offset=${offset}&limit=${PAGE_SIZE}`)]);
+    const [stats, page] = await Promise.all([loadStats(), getJson(`/v1/identities?offset=${offset}&limit=${PAGE_SIZE}`)]);
     if (!current()) return;
     renderStats(stats);
     const body = $("identities").querySelector("tbody");
@@ -480,7 +480,7 @@
     if (!server.stats) await loadStats();
     let answer;
     try {
-      answer = await getJson(`/identities/${seg(identity)}`);
+      answer = await getJson(`/v1/identities/${seg(identity)}`);
     } catch (err) {
       if (!current()) return;
       if (err.status === 404) {
@@ -499,7 +499,7 @@
     $("identity-delete").onclick = async () => {
       if (!(await confirmDelete(`Delete identity "${identity}" and all its ${n} tracklet(s)? This cannot be undone.`))) return;
       try {
-        await api("DELETE", `/identities/${seg(identity)}`);
+        await api("DELETE", `/v1/identities/${seg(identity)}`);
         location.hash = "#/gallery";
       } catch (err) {
         showError(err);
@@ -526,7 +526,7 @@
       deleteButton.addEventListener("click", async () => {
         if (!(await confirmDelete(`Delete tracklet "${t.tracklet_id}" of "${identity}"? This cannot be undone.`))) return;
         try {
-          await api("DELETE", `/tracklets/${seg(t.tracklet_id)}`);
+          await api("DELETE", `/v1/tracklets/${seg(t.tracklet_id)}`);
           thumbs.records.delete(t.tracklet_id);
           await route();
         } catch (err) {
