@@ -22,6 +22,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from service.api.versioning import DEPRECATION_HEADER
+
 README = Path(__file__).resolve().parents[2] / "service" / "README_API.md"
 HOSTPORT = "127.0.0.1:8000"
 
@@ -70,8 +72,37 @@ def _checks(fingerprint: str) -> dict[str, Callable[[str], None]]:
         assert all(t["platform"] == "aerial" for t in tracklets)
         assert "alice_cam1" not in [t["tracklet_id"] for t in tracklets]
 
+    def deprecated_alias(out: str) -> None:
+        headers = dict(line.split(": ", 1) for line in out.strip().splitlines())
+        assert {k.lower(): v.strip() for k, v in headers.items()} == {
+            "deprecation": DEPRECATION_HEADER, "link": '</v1/stats>; rel="successor-version"'}
+
+    def query_time_range(out: str) -> None:
+        ans = _json(out)
+        assert [t["tracklet_id"] for r in ans["results"] for t in r["tracklets"]] == ["alice_cam1"]
+
+    def query_batch(out: str) -> None:
+        first, second = _json(out)["answers"]
+        assert first["tracklet_id"] == "alice_cam1" and second["tracklet_id"] == "bob_cam2"
+        assert first["results"] and "alice_cam1" not in [t["tracklet_id"] for r in first["results"] for t in r["tracklets"]]
+        assert [t["platform"] for r in second["results"] for t in r["tracklets"]] == ["ground"]
+
+    def query_batch_frames(out: str) -> None:
+        first, second = _json(out)["answers"]
+        assert first["tracklet_id"] is None and first["results"][0]["identity"] == "alice"
+        assert second["tracklet_id"] == "bob_cam2" and len(second["results"]) == 3
+
     def get_tracklet(out: str) -> None:
         assert _json(out)["identity"] == "alice"
+
+    def list_tracklets(out: str) -> None:
+        page = _json(out)
+        assert [t["tracklet_id"] for t in page["items"]] == ["bob_cam2", "imported_a_1"]
+        assert page["next_cursor"] and page["limit"] == 2
+
+    def list_tracklets_next(out: str) -> None:
+        page = _json(out)
+        assert [t["tracklet_id"] for t in page["items"]] == ["imported_b_1"] and page["next_cursor"] is None
 
     def get_frame(out: str) -> None:
         assert out.strip() == "200 image/jpeg"
@@ -92,6 +123,11 @@ def _checks(fingerprint: str) -> dict[str, Callable[[str], None]]:
     def metrics(out: str) -> None:
         assert out.strip() == "sasreid_gallery_tracklets 4.0"
 
+    def metrics_stages(out: str) -> None:
+        # 7 queries so far: 2 from frames (decode + embed), 1 re-ranked.
+        counts = {line.split('"')[1]: float(line.split()[-1]) for line in out.strip().splitlines()}
+        assert counts == {"decode": 2, "embed": 2, "search": 7, "rerank": 1}, counts
+
     def delete_tracklet(out: str) -> None:
         assert _json(out) == {"tracklet_id": "bob_cam2", "deleted": True}
 
@@ -100,6 +136,13 @@ def _checks(fingerprint: str) -> dict[str, Callable[[str], None]]:
 
     return {
         "readyz": readyz,
+        "deprecated alias": deprecated_alias,
+        "query time range": query_time_range,
+        "query batch": query_batch,
+        "query batch with frames": query_batch_frames,
+        "list tracklets": list_tracklets,
+        "list tracklets next page": list_tracklets_next,
+        "metrics stages": metrics_stages,
         "enroll alice": enroll_alice,
         "enroll bob": enroll_bob,
         "import descriptors": import_descriptors,

@@ -201,10 +201,6 @@ class _Planned:
     embed_ms: float | None = None
 
 
-def _bad_item(status: int, error: str, message: str, index: int, field: str) -> ApiError:
-    return ApiError(status, error, f"queries[{index}]: {message}", field=f"queries[{index}].{field}")
-
-
 def _check_count(n: int) -> None:
     if n == 0:
         raise ApiError(422, "empty_batch", "the batch holds no queries", field="queries")
@@ -264,8 +260,11 @@ def _plan_batch(
     for i, item in enumerate(items):
         count = item.frames if isinstance(item, BatchQueryItem) else None
         if (item.tracklet_id is None) == (count is None):
-            raise _bad_item(
-                422, "invalid_batch_query", "give exactly one of tracklet_id and frames", i, "tracklet_id"
+            raise ApiError(
+                422,
+                "invalid_batch_query",
+                f"queries[{i}]: give exactly one of tracklet_id and frames",
+                field=f"queries[{i}].tracklet_id",
             )
         try:
             if item.tracklet_id is not None:
@@ -279,21 +278,19 @@ def _plan_batch(
                 continue
             assert count is not None and frames is not None  # frames counts come in multipart only
             if count > s.max_frames_per_tracklet:
-                raise _bad_item(
+                raise ApiError(
                     422,
                     "too_many_frames",
-                    f"{count} frames; a tracklet may have at most {s.max_frames_per_tracklet}",
-                    i,
-                    "frames",
+                    f"queries[{i}]: {count} frames; a tracklet may have at most {s.max_frames_per_tracklet}",
+                    field=f"queries[{i}].frames",
                 )
             mine = frames[taken : taken + count]
             if len(mine) < count:
-                raise _bad_item(
+                raise ApiError(
                     422,
                     "frame_count_mismatch",
-                    f"asks for {count} frames but only {len(frames) - taken} uploaded frames are left",
-                    i,
-                    "frames",
+                    f"queries[{i}]: asks for {count} frames but only {len(frames) - taken} uploaded frames are left",
+                    field=f"queries[{i}].frames",
                 )
             taken += count
             plan = plan_search(item, s, item.query_camera)
