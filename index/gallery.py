@@ -17,7 +17,9 @@ numbers for the same items. Ties are broken by int id (lower first).
 Re-ranking (optional, ``RerankParams``): the pool's tracklets are re-scored with k-reciprocal
 re-ranking against a gallery neighbour graph (``index.neighbor_graph.GalleryNeighborGraph``) kept
 in step with the index; a tracklet's ``score`` is then ``1 - rerank_distance`` (``cosine`` keeps
-the raw similarity) and identities are aggregated over the re-ranked pool only.
+the raw similarity) and identities are aggregated over the re-ranked pool only. A gallery loaded
+from a store (``rebuild_from``, ``reconcile``, ``from_state`` with a store) keeps its graph there
+too (``index.graph_store``): it is loaded and caught up at the next start instead of rebuilt.
 
 A ``Gallery`` is safe to share between threads: searches run concurrently under a read lock,
 updates take the write lock.
@@ -39,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from index.graph_store import Captured, DurableGraph, GraphLoad
 from index.neighbor_graph import GalleryNeighborGraph
 from index.ranking import group_by_identity, rank_identities, sort_hits
 from index.rerank import RerankParams
@@ -134,6 +137,7 @@ class Gallery:
         self._lock = ReadWriteLock()
         # The re-ranking graph is another module's object: do not assume it tolerates concurrent calls.
         self._graph_lock = threading.Lock()
+        self._durable_graph: DurableGraph | None = None
         self._reset(clear_index=False)
 
     def _reset(self, clear_index: bool = True) -> None:
@@ -145,6 +149,77 @@ class Gallery:
         self._graph: GalleryNeighborGraph | None = None
         if self.graph_k is not None:
             self._graph = GalleryNeighborGraph(self.dim, k=self.graph_k)
+        if self._durable_graph is not None:
+            # Its graph is being replaced: nothing of it is worth saving any more. No join: its
+            # saver may be waiting for the lock this caller holds (it then finds itself retired).
+            self._durable_graph.close(wait=False)
+            self._durable_graph = None
+
+    def _graph_add(self, ids: np.ndarray, feats: np.ndarray) -> None:
+        """Add to the re-ranking graph (under the write lock), noting it for the stored copy."""
+        if self._graph is not None:
+            self._graph.add(ids, feats)
+            if self._durable_graph is not None:
+                self._durable_graph.added(ids, feats)
+
+    def _graph_remove(self, ids: np.ndarray) -> None:
+        if self._graph is not None:
+            self._graph.remove(ids)
+            if self._durable_graph is not None:
+                self._durable_graph.removed(ids)
+
+    def _keep_graph_in(self, store: Store, ids: np.ndarray, feats: np.ndarray) -> None:
+        """Take the graph over ``ids`` / ``feats`` from ``store`` (caught up, or rebuilt and saved
+        there) and keep saving it there (under the write lock, the metadata already loaded)."""
+        if self.graph_k is None:
+            return
+        durable = DurableGraph(store, self.dim, self.graph_k, store.info().fingerprint)
+        self._graph = durable.restore(ids, feats)
+        durable.watch(self._capture_graph)
+        self._durable_graph = durable
+
+    def _capture_graph(self, durable: DurableGraph) -> Captured | None:
+        """``durable``'s save of the current graph, or None once ``durable`` was replaced."""
+        with self._lock.read():
+            if durable is not self._durable_graph or self._graph is None:
+                return None
+            return durable.capture(self._graph)
+
+    @property
+    def graph_load(self) -> GraphLoad | None:
+        """How the re-ranking graph was obtained at the last load from a store (None: not loaded)."""
+        return None if self._durable_graph is None else self._durable_graph.last_load
+
+    @property
+    def durable_graph(self) -> DurableGraph | None:
+        """The stored copy of the re-ranking graph this gallery keeps up to date, if any."""
+        return self._durable_graph
+
+    def _load_records(self, store: Store, batch: int, index: bool, keep_graph: bool = True) -> None:
+        """Fill the metadata table (and, with ``index``, the vector index) from ``store``, then the
+        graph: from its stored copy with ``keep_graph``, else built here and kept nowhere (under
+        the write lock, after ``_reset``)."""
+        ids: list[np.ndarray] = []
+        feats: list[np.ndarray] = []
+        for records in _batches(store.iter_records(batch=batch), batch):
+            entries = [GalleryEntry.from_record(r) for r in records]
+            x = check_descriptors(np.stack([r.descriptor for r in records]), self.dim, "stored descriptors")
+            if index:
+                self._index.add(entries, x)
+            self._note(entries)
+            if self.graph_k is not None:
+                ids.append(np.array([e.int_id for e in entries], dtype=np.int64))
+                feats.append(x)
+        if self.graph_k is not None and not keep_graph:
+            assert self._graph is not None
+            for part_ids, part in zip(ids, feats, strict=True):
+                self._graph.add(part_ids, part)
+        elif self.graph_k is not None:
+            self._keep_graph_in(
+                store,
+                np.concatenate(ids) if ids else np.empty(0, dtype=np.int64),
+                np.concatenate(feats) if feats else np.empty((0, self.dim), dtype=np.float32),
+            )
 
     def _note(self, entries: Iterable[GalleryEntry]) -> None:
         """Add entries to the metadata table (their vectors are indexed already)."""
@@ -168,7 +243,10 @@ class Gallery:
         return self._index.durable
 
     def close(self) -> None:
-        """Release the vector index's connections (a durable index keeps its contents)."""
+        """Save the re-ranking graph's unsaved changes to its store, release the vector index's
+        connections (a durable index keeps its contents)."""
+        if self._durable_graph is not None:
+            self._durable_graph.close(flush=self._capture_graph)
         self._index.close()
 
     # ---- contents ---------------------------------------------------------------------------
@@ -251,8 +329,7 @@ class Gallery:
                 seen_tracklets.add(e.tracklet_id)
                 ids[i] = e.int_id
             self._index.add(entries, x)
-            if self._graph is not None:
-                self._graph.add(ids, x)
+            self._graph_add(ids, x)
             self._note(entries)
 
     def add_records(self, records: Iterable[Record]) -> None:
@@ -276,8 +353,7 @@ class Gallery:
             if len(ids) == 0:
                 return 0
             self._index.remove(ids)
-            if self._graph is not None:
-                self._graph.remove(ids)
+            self._graph_remove(ids)
             self._forget(ids.tolist())
             return len(ids)
 
@@ -342,8 +418,7 @@ class Gallery:
         todo = [i for i, int_id in enumerate(ids.tolist()) if int_id not in present]
         if todo:
             self._index.add([entries[i] for i in todo], x[todo])
-        if self._graph is not None:
-            self._graph.add(ids, x)
+        self._graph_add(ids, x)
         self._note(entries)
         return len(records)
 
@@ -356,13 +431,14 @@ class Gallery:
         if len(stale):
             self._index.remove(stale)
         if len(known):
-            if self._graph is not None:
-                self._graph.remove(known)
+            self._graph_remove(known)
             self._forget(known.tolist())
         return len(known)
 
-    def rebuild_from(self, store: Store, batch: int = 1000) -> None:
-        """Replace the contents with every record of ``store`` (same int ids).
+    def rebuild_from(self, store: Store, batch: int = 1000, keep_graph: bool = True) -> None:
+        """Replace the contents with every record of ``store`` (same int ids). With ``keep_graph``
+        the re-ranking graph comes from its copy in the store (``graph_load`` says how) and is kept
+        there from now on; without, it is built from the records here and stored nowhere.
 
         Raises ``DimensionMismatch`` when the store's descriptors have another dimension.
         """
@@ -371,18 +447,13 @@ class Gallery:
             raise DimensionMismatch(info.dim, self.dim, "the gallery index")
         with self._lock.write():
             self._reset()
-            pending: list[Record] = []
-            for record in store.iter_records(batch=batch):
-                pending.append(record)
-                if len(pending) >= batch:
-                    self.add_records(pending)
-                    pending = []
-            self.add_records(pending)
+            self._load_records(store, batch, index=True, keep_graph=keep_graph)
 
     def reconcile(self, store: Store, batch: int = 1000) -> tuple[int, int]:
         """Make a durable index agree with ``store`` without re-adding what it already holds.
 
-        The metadata table and neighbour graph are loaded from the store; the index's ids are then
+        The metadata table is loaded from the store, the neighbour graph from its copy there
+        (``graph_load``); the index's ids are then
         compared with the store's by count and a SHA-256 over the sorted ids. When they differ (a
         crash between the store write and the index write, either way), the store's missing records
         are upserted and ids the store no longer has are removed. Returns (added, removed).
@@ -396,12 +467,7 @@ class Gallery:
             raise DimensionMismatch(info.dim, self.dim, "the gallery index")
         with self._lock.write():
             self._reset(clear_index=False)
-            for records in _batches(store.iter_records(batch=batch), batch):
-                entries = [GalleryEntry.from_record(r) for r in records]
-                if self._graph is not None:
-                    feats = check_descriptors(np.stack([r.descriptor for r in records]), self.dim, "descriptors")
-                    self._graph.add(np.array([e.int_id for e in entries], dtype=np.int64), feats)
-                self._note(entries)
+            self._load_records(store, batch, index=False)
             stored = np.fromiter(self._entries, dtype=np.int64, count=len(self._entries))
             indexed = self._index.ids()
             if id_digest(indexed) == id_digest(stored):
@@ -429,15 +495,17 @@ class Gallery:
         use_gpu: bool | None = None,
         graph_k: int | None = 30,
         options: IndexOptions | None = None,
+        keep_graph: bool = True,
     ) -> Gallery:
-        """A new gallery holding every record of ``store``; ``dim`` defaults to the store's."""
+        """A new gallery holding every record of ``store``; ``dim`` defaults to the store's.
+        ``keep_graph`` as for ``rebuild_from``."""
         store_dim = store.info().dim
         if dim is None:
             if store_dim is None:
                 raise ValueError("the store is empty and fixes no dimension: pass dim")
             dim = store_dim
         gallery = cls(dim, kind=kind, use_gpu=use_gpu, graph_k=graph_k, options=options)
-        gallery.rebuild_from(store)
+        gallery.rebuild_from(store, keep_graph=keep_graph)
         return gallery
 
     # ---- snapshots --------------------------------------------------------------------------
@@ -460,9 +528,14 @@ class Gallery:
 
     @classmethod
     def from_state(
-        cls, state: GalleryState, use_gpu: bool | None = None, graph_k: int | None = 30
+        cls,
+        state: GalleryState,
+        use_gpu: bool | None = None,
+        graph_k: int | None = 30,
+        store: Store | None = None,
     ) -> Gallery:
-        """Recreate a gallery from ``export_state`` output; raises ``ValueError`` if they disagree."""
+        """Recreate a gallery from ``export_state`` output; raises ``ValueError`` if they disagree.
+        With ``store`` (the one the state was taken from), the graph comes from its copy there."""
         kind_class = index_class(state.kind)
         if not issubclass(kind_class, SnapshotIndex):
             raise ValueError(f"index kind {state.kind!r} has no snapshots")
@@ -478,9 +551,12 @@ class Gallery:
             if len(gallery._by_tracklet) != len(state.entries):
                 raise ValueError("snapshot entry table repeats a tracklet id")
             if gallery._graph is not None:
-                for start in range(0, len(ids), _SCAN_CHUNK):
-                    chunk = ids[start : start + _SCAN_CHUNK]
-                    gallery._graph.add(chunk, gallery._vectors(chunk))
+                if store is not None:
+                    gallery._keep_graph_in(store, ids, gallery._vectors(ids))
+                else:
+                    for start in range(0, len(ids), _SCAN_CHUNK):
+                        chunk = ids[start : start + _SCAN_CHUNK]
+                        gallery._graph.add(chunk, gallery._vectors(chunk))
         return gallery
 
     # ---- search -----------------------------------------------------------------------------

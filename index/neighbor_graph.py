@@ -5,6 +5,8 @@ the sparse steps of ``index.rerank``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -68,14 +70,78 @@ def _unit_sqdist(a: Tensor, b: Tensor) -> Tensor:
     return d.to(torch.float32)
 
 
+def _raise_max(rmax: Tensor, rarg: Tensor, d: Tensor, base: int) -> None:
+    """Running row maxima, in place: rmax [R] / rarg [R] take d [R, C]'s row max (column base + j)
+    where it is larger; ties keep the earlier column, so the arg is the first row attaining it."""
+    block_max, block_arg = d.max(1)
+    higher = block_max > rmax
+    rmax.copy_(torch.where(higher, block_max, rmax))
+    rarg.copy_(torch.where(higher, block_arg + base, rarg))
+
+
+@dataclass(frozen=True)
+class GraphState:
+    """A graph's lists and maxima without its descriptors, independent of storage order.
+
+    Items are in ascending id order; lists point at positions in that order:
+      * ids int64 [n] (ascending, unique);
+      * nbr int32 [n, width]: positions of each item's nearest items, nearest first, -1 = none;
+      * nbr_d float32 [n, width]: their squared distances, inf = none;
+      * complete bool [n]: the list holds every other item;
+      * rowmax float32 [n]: the item's largest distance to any item (itself included);
+      * rowarg int32 [n]: the position of an item attaining rowmax, -1 = none (all distances 0).
+    ``width`` = k + slack, ``dim`` the descriptors' dimension the graph was built for.
+    """
+
+    dim: int
+    k: int
+    width: int
+    ids: np.ndarray
+    nbr: np.ndarray
+    nbr_d: np.ndarray
+    complete: np.ndarray
+    rowmax: np.ndarray
+    rowarg: np.ndarray
+
+    def check(self) -> None:
+        """ValueError naming the first inconsistency: shapes, dtypes, id order, list targets."""
+        n, w = len(self.ids), self.width
+        want = {
+            "ids": ((n,), np.int64),
+            "nbr": ((n, w), np.int32),
+            "nbr_d": ((n, w), np.float32),
+            "complete": ((n,), np.bool_),
+            "rowmax": ((n,), np.float32),
+            "rowarg": ((n,), np.int32),
+        }
+        for name, (shape, dtype) in want.items():
+            a = getattr(self, name)
+            if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != dtype:
+                got = (getattr(a, "shape", None), getattr(a, "dtype", None))
+                raise ValueError(f"graph state {name}: expected {shape} {np.dtype(dtype)}, got {got}")
+        if w != self.k + max(2, self.k // 3):
+            raise ValueError(f"graph state width {w} does not belong to k={self.k}")
+        if n > 1 and not (np.diff(self.ids) > 0).all():
+            raise ValueError("graph state ids are not ascending and unique")
+        for name in ("nbr", "rowarg"):
+            a = getattr(self, name)
+            if a.size and (a.min() < -1 or a.max() >= n):
+                raise ValueError(f"graph state {name} points outside its {n} items")
+        if n and (np.isnan(self.nbr_d).any() or np.isnan(self.rowmax).any()):
+            raise ValueError("graph state holds NaN distances")
+        if ((self.nbr >= 0) != np.isfinite(self.nbr_d)).any():
+            raise ValueError("graph state lists and distances disagree on empty entries")
+
+
 class GalleryNeighborGraph:
     """kNN graph over gallery descriptors, kept up to date as items are added/removed.
 
     Every item keeps a list of its nearest other items (distance = squared Euclidean = 2 - 2 cos
     on the unit-norm descriptors, ascending) and its row max m_i (its largest distance to any
-    item, as of the last time its row was computed or an item was added; removals leave it as an
-    upper bound until the row is recomputed). Descriptors live in a growable float32 array with
-    an id -> row map; removal moves the last rows into the holes.
+    item) with the row attaining it: a removal recomputes exactly the rows whose maximum was a
+    distance to a removed item (no distances to the removed items are needed, so a graph restored
+    from ``GraphState`` can drop items whose descriptors are gone). Descriptors live in a growable
+    float32 array with an id -> row map; removal moves the last rows into the holes.
 
     Lists hold up to k + slack entries and are always exactly the nearest items they hold: a
     removal just drops entries, and only a list left with fewer than k entries (while more items
@@ -115,6 +181,7 @@ class GalleryNeighborGraph:
         self._nbr_d = np.empty((0, self._width), dtype=np.float32)  # their distances, inf = none
         self._complete = np.empty(0, dtype=bool)  # the list holds every other item
         self._rowmax = np.empty(0, dtype=np.float32)
+        self._rowarg = np.empty(0, dtype=np.int64)  # the row attaining _rowmax, -1 = none yet
         self._row_of: dict[int, int] = {}
 
     def __len__(self) -> int:
@@ -136,6 +203,49 @@ class GalleryNeighborGraph:
         rows = self._rows_of(_check_ids(ids, "ids"))
         nbr = self._nbr[rows, : self.k]
         return np.where(nbr >= 0, self._ids[nbr], -1), self._nbr_d[rows, : self.k]
+
+    def export_state(self) -> GraphState:
+        """The lists and maxima as a ``GraphState`` (copies; items in id order)."""
+        n = self._n
+        order = np.argsort(self._ids[:n], kind="stable")
+        pos = np.empty(n + 1, dtype=np.int32)  # row -> position; index n (= -1) stays -1
+        pos[order] = np.arange(n, dtype=np.int32)
+        pos[n] = -1
+        return GraphState(
+            dim=self.dim,
+            k=self.k,
+            width=self._width,
+            ids=self._ids[order].copy(),
+            nbr=pos[self._nbr[order]],
+            nbr_d=self._nbr_d[order].copy(),
+            complete=self._complete[order].copy(),
+            rowmax=self._rowmax[order].copy(),
+            rowarg=pos[self._rowarg[order]],
+        )
+
+    @classmethod
+    def from_state(cls, state: GraphState, feats: np.ndarray) -> GalleryNeighborGraph:
+        """A graph holding ``state``'s lists over descriptors ``feats`` (float32 [n, dim], row i for
+        ``state.ids[i]``), without computing a distance. Rows of items about to be removed may hold
+        anything (e.g. zeros for a deleted descriptor): ``remove`` never reads their descriptors.
+        The caller vouches that ``state`` was exported for these descriptors."""
+        state.check()
+        n = len(state.ids)
+        feats = np.asarray(feats)
+        if feats.shape != (n, state.dim):
+            raise ValueError(f"feats must have shape [{n}, {state.dim}], got {feats.shape}")
+        graph = cls(state.dim, k=state.k)
+        graph._reserve(n)
+        graph._n = n
+        graph._feats[:n] = feats
+        graph._ids[:n] = state.ids
+        graph._nbr[:n] = state.nbr
+        graph._nbr_d[:n] = state.nbr_d
+        graph._complete[:n] = state.complete
+        graph._rowmax[:n] = state.rowmax
+        graph._rowarg[:n] = state.rowarg
+        graph._row_of = dict(zip(state.ids.tolist(), range(n), strict=True))
+        return graph
 
     def _rows_of(self, ids: np.ndarray) -> np.ndarray:
         try:
@@ -160,6 +270,7 @@ class GalleryNeighborGraph:
         self._nbr_d = grown(self._nbr_d)
         self._complete = grown(self._complete)
         self._rowmax = grown(self._rowmax)
+        self._rowarg = grown(self._rowarg)
 
     def add(self, ids: np.ndarray, feats: np.ndarray) -> None:
         """Add items (ids int64 [n], new and unique; feats float32 [n, dim], unit norm)."""
@@ -180,6 +291,7 @@ class GalleryNeighborGraph:
         self._nbr_d[n0:n1] = np.inf
         self._complete[n0:n1] = True  # complete over the items seen so far while being linked
         self._rowmax[n0:n1] = 0.0
+        self._rowarg[n0:n1] = -1
         self._row_of.update(zip(ids.tolist(), range(n0, n1), strict=True))
         self._n = n1
         self._link_new_rows(n0)
@@ -197,15 +309,17 @@ class GalleryNeighborGraph:
         nbr = torch.from_numpy(self._nbr[:n])  # views: writes land in the numpy arrays
         nbr_d = torch.from_numpy(self._nbr_d[:n])
         rowmax = torch.from_numpy(self._rowmax[:n])
+        rowarg = torch.from_numpy(self._rowarg[:n])
         for i0 in range(n0, n, _GRAPH_ROWS):
             i1 = min(i0 + _GRAPH_ROWS, n)
             best_v = torch.full((i1 - i0, w), float("inf"))
             best_i = torch.full((i1 - i0, w), -1, dtype=torch.int64)
             rmax = torch.zeros(i1 - i0)
+            rarg = torch.full((i1 - i0,), -1, dtype=torch.int64)
             for j0 in range(0, i1, _GRAPH_COLS):
                 j1 = min(j0 + _GRAPH_COLS, i1)
                 d = _unit_sqdist(feats[i0:i1], feats[j0:j1])
-                rmax = torch.maximum(rmax, d.amax(1))
+                _raise_max(rmax, rarg, d, j0)
                 lo, hi = max(i0, j0), min(i1, j1)
                 if lo < hi:
                     self_rows = torch.arange(lo, hi)
@@ -214,7 +328,10 @@ class GalleryNeighborGraph:
                 c1 = min(j1, i0)  # rows before this block: older items and earlier new blocks
                 if c1 > j0:
                     old = d[:, : c1 - j0]
-                    rowmax[j0:c1] = torch.maximum(rowmax[j0:c1], old.amax(0))
+                    col_max, col_arg = old.max(0)
+                    higher = col_max > rowmax[j0:c1]
+                    rowmax[j0:c1] = torch.where(higher, col_max, rowmax[j0:c1])
+                    rowarg[j0:c1] = torch.where(higher, col_arg + i0, rowarg[j0:c1])
                     # Only older rows whose last distance the block beats need a merge.
                     upd = torch.nonzero(old.amin(0) < nbr_d[j0:c1, w - 1]).squeeze(1)
                     if len(upd):
@@ -229,7 +346,7 @@ class GalleryNeighborGraph:
                         nbr_d[r], nbr[r] = nv, ni
             best_i[torch.isinf(best_v)] = -1
             nbr_d[i0:i1], nbr[i0:i1] = best_v, best_i
-            rowmax[i0:i1] = rmax
+            rowmax[i0:i1], rowarg[i0:i1] = rmax, rarg
 
     def _admission_limit(self, rows: np.ndarray, nbr: Tensor, nbr_d: Tensor) -> Tensor:
         """Per row, the distance below which a new item may enter its list: inf for a complete or
@@ -248,11 +365,12 @@ class GalleryNeighborGraph:
             best_v = torch.full((len(r), w), float("inf"))
             best_i = torch.full((len(r), w), -1, dtype=torch.int64)
             rmax = torch.zeros(len(r))
+            rarg = torch.full((len(r),), -1, dtype=torch.int64)
             fr = feats[r]
             for j0 in range(0, n, _GRAPH_COLS):
                 j1 = min(j0 + _GRAPH_COLS, n)
                 d = _unit_sqdist(fr, feats[j0:j1])
-                rmax = torch.maximum(rmax, d.amax(1))
+                _raise_max(rmax, rarg, d, j0)
                 own = torch.nonzero((r >= j0) & (r < j1)).squeeze(1)
                 d[own, r[own] - j0] = float("inf")
                 _offer(best_v, best_i, d, j0)
@@ -261,6 +379,7 @@ class GalleryNeighborGraph:
             self._nbr_d[r.numpy()] = best_v.numpy()
             self._complete[r.numpy()] = (best_i >= 0).sum(1).numpy() == n - 1
             self._rowmax[r.numpy()] = rmax.numpy()
+            self._rowarg[r.numpy()] = rarg.numpy()
 
     def remove(self, ids: np.ndarray) -> None:
         """Remove items (unknown ids -> KeyError, nothing removed) and repair the lists that held them:
@@ -289,28 +408,19 @@ class GalleryNeighborGraph:
         self._nbr_d[affected] = np.take_along_axis(nd, order, 1)
         short = affected[((self._nbr[affected] >= 0).sum(1) < self.k) & ~self._complete[affected]]
         # Rows whose row max was a distance to a removed item: recomputed below, so the maxima stay
-        # exact (a stale, larger max changes every re-ranking weight of that row).
-        stale = self._rows_at_max_to(np.flatnonzero(~gone[:n]), rows)
-        for a in (self._feats, self._ids, self._nbr, self._nbr_d, self._complete, self._rowmax):
+        # exact (a stale, larger max changes every re-ranking weight of that row). A tie with a
+        # kept item needs no recompute: the max over the kept items is the same value.
+        stale = np.flatnonzero(gone[self._rowarg[:n]] & ~gone[:n])
+        for a in (self._feats, self._ids, self._nbr, self._nbr_d, self._complete, self._rowmax, self._rowarg):
             a[holes] = a[movers]
         for i in ids.tolist():
             del self._row_of[i]
         self._row_of.update(zip(self._ids[holes].tolist(), holes.tolist(), strict=True))
         self._n = keep_n
         self._nbr[:keep_n] = remap[self._nbr[:keep_n]]
+        self._rowarg[:keep_n] = remap[self._rowarg[:keep_n]]
         self._recompute_rows(remap[short])
         self._recompute_rowmax(np.setdiff1d(remap[stale], remap[short]))
-
-    def _rows_at_max_to(self, rows: np.ndarray, others: np.ndarray) -> np.ndarray:
-        """Those of ``rows`` whose row max equals their distance to one of the ``others`` rows."""
-        feats = torch.from_numpy(self._feats[: self._n])
-        other = feats[torch.from_numpy(others)]
-        hit = []
-        for s in range(0, len(rows), _GRAPH_COLS):
-            r = rows[s : s + _GRAPH_COLS]
-            d = _unit_sqdist(feats[torch.from_numpy(r)], other).amax(1).numpy()
-            hit.append(r[d >= self._rowmax[r]])
-        return np.concatenate(hit) if hit else np.empty(0, dtype=np.int64)
 
     def _recompute_rowmax(self, rows: np.ndarray) -> None:
         """Recompute the row maxima of the given rows against all rows."""
@@ -319,10 +429,12 @@ class GalleryNeighborGraph:
         for s in range(0, len(rows), _GRAPH_ROWS):
             r = torch.from_numpy(rows[s : s + _GRAPH_ROWS])
             rmax = torch.zeros(len(r))
+            rarg = torch.full((len(r),), -1, dtype=torch.int64)
             fr = feats[r]
             for j0 in range(0, n, _GRAPH_COLS):
-                rmax = torch.maximum(rmax, _unit_sqdist(fr, feats[j0 : min(j0 + _GRAPH_COLS, n)]).amax(1))
+                _raise_max(rmax, rarg, _unit_sqdist(fr, feats[j0 : min(j0 + _GRAPH_COLS, n)]), j0)
             self._rowmax[r.numpy()] = rmax.numpy()
+            self._rowarg[r.numpy()] = rarg.numpy()
 
     def rerank(
         self,

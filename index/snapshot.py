@@ -200,7 +200,7 @@ def load_snapshot(
         state = GalleryState(
             dim=dim, kind=kind, options=options, index=index_bytes, trained=manifest.trained, entries=entries
         )
-        return Gallery.from_state(state, use_gpu=use_gpu, graph_k=graph_k), "loaded"
+        return Gallery.from_state(state, use_gpu=use_gpu, graph_k=graph_k, store=store), "loaded"
     except (ValueError, TypeError, RuntimeError) as exc:
         return None, f"snapshot rejected: {exc}"
 

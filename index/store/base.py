@@ -167,6 +167,22 @@ class Store(ABC):
     def change_head(self) -> int:
         """The sequence number of the newest change (0 before the first)."""
 
+    # ---- derived data -------------------------------------------------------------------
+    # Caches computed from the records (the re-ranking graph) kept next to them so every process
+    # on the store can load them instead of recomputing. Not records: no change feed, no schema
+    # version; a reader must verify what it loads against the records.
+    @abstractmethod
+    def put_blob(self, name: str, data: bytes) -> None:
+        """Store ``data`` under ``name``, replacing what was there, atomically."""
+
+    @abstractmethod
+    def get_blob(self, name: str) -> bytes | None:
+        """The data stored under ``name``, or None."""
+
+    @abstractmethod
+    def delete_blob(self, name: str) -> None:
+        """Forget ``name`` (no error when absent)."""
+
     # ---- reads --------------------------------------------------------------------------
     @abstractmethod
     def get(self, tracklet_id: str) -> Record | None: ...
@@ -300,6 +316,11 @@ def check_retention(retention: int) -> int:
 def check_position(seq: int) -> None:
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
         raise InvalidRecord(f"change-feed position must be an int >= 0, got {seq!r}")
+
+
+def check_blob_name(name: str) -> None:
+    if not isinstance(name, str) or not name or len(name) > 200:
+        raise InvalidRecord(f"blob name must be a non-empty string of at most 200 characters, got {name!r}")
 
 
 def check_batch_size(batch: int) -> None:

@@ -15,6 +15,7 @@ key                   type    content
 ``P change_seq``      string  head of the change feed (last sequence number handed out)
 ``P changes``         zset    the change feed: member ``"<seq> <op> <int id> <tracklet id>"``,
                               score seq; the newest ``change_retention`` are kept
+``P blob:<name>``     string  derived data (``Store.put_blob``, e.g. the re-ranking graph)
 ====================  ======  ==============================================================
 
 Writes are MULTI/EXEC transactions (a record, its identity-set membership and the indexes change
@@ -57,6 +58,7 @@ from index.store.base import (
     StoreInfo,
     check_against_info,
     check_batch_size,
+    check_blob_name,
     check_page,
     check_replacement_coverage,
     check_retention,
@@ -427,6 +429,27 @@ class RedisStore(Store):
     def change_head(self) -> int:
         with self._errors():
             return int(self._client.get(self._change_seq) or 0)
+
+    # ---- derived data -------------------------------------------------------------------
+    def _bkey(self, name: str) -> bytes:
+        check_blob_name(name)
+        return self._p + b"blob:" + name.encode()
+
+    def put_blob(self, name: str, data: bytes) -> None:
+        key = self._bkey(name)
+        with self._errors():
+            self._client.set(key, bytes(data))  # one SET: readers see the old value or the new one
+
+    def get_blob(self, name: str) -> bytes | None:
+        key = self._bkey(name)
+        with self._errors():
+            data = self._client.get(key)
+        return None if data is None else bytes(data)
+
+    def delete_blob(self, name: str) -> None:
+        key = self._bkey(name)
+        with self._errors():
+            self._client.delete(key)
 
     # ---- reads --------------------------------------------------------------------------
     def get(self, tracklet_id: str) -> Record | None:

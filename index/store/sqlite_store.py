@@ -14,6 +14,8 @@ Schema (``PRAGMA user_version`` = ``SCHEMA_VERSION``):
 * ``changes(seq, op, tracklet_id, int_id)``: the change feed, appended by the write transaction it
   describes; ``meta.change_seq`` is its head (kept in ``meta`` so trimming never frees a number).
   Version 1 files get the (empty) table when opened.
+* ``blobs(name, data)``: derived data (``Store.put_blob``, e.g. the re-ranking graph), created on
+  open in any version: not records, so older readers may ignore it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from index.store.base import (
     StoreInfo,
     check_against_info,
     check_batch_size,
+    check_blob_name,
     check_page,
     check_replacement_coverage,
     check_retention,
@@ -96,6 +99,9 @@ CREATE TABLE IF NOT EXISTS changes (
 )
 """
 
+# Derived data (Store.put_blob); outside the schema version: older readers ignore the table.
+_BLOBS_SCHEMA = "CREATE TABLE IF NOT EXISTS blobs (name TEXT PRIMARY KEY, data BLOB NOT NULL)"
+
 # SQLite primary result codes (sqlite3 exposes them as constants only from Python 3.11).
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
@@ -148,6 +154,7 @@ class SQLiteStore(Store):
                 conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('change_seq', '0')")
             if version < SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute(_BLOBS_SCHEMA)
 
     # ---- helpers ------------------------------------------------------------------------
     class _Txn:
@@ -419,6 +426,22 @@ class SQLiteStore(Store):
 
     def change_head(self) -> int:
         return int(self._read("SELECT value FROM meta WHERE key = 'change_seq'")[0][0])  # type: ignore[arg-type]
+
+    # ---- derived data -------------------------------------------------------------------
+    def put_blob(self, name: str, data: bytes) -> None:
+        check_blob_name(name)
+        with self._transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO blobs(name, data) VALUES (?, ?)", (name, bytes(data)))
+
+    def get_blob(self, name: str) -> bytes | None:
+        check_blob_name(name)
+        rows = self._read("SELECT data FROM blobs WHERE name = ?", (name,))
+        return bytes(rows[0][0]) if rows else None  # type: ignore[arg-type]
+
+    def delete_blob(self, name: str) -> None:
+        check_blob_name(name)
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM blobs WHERE name = ?", (name,))
 
     # ---- reads --------------------------------------------------------------------------
     def get(self, tracklet_id: str) -> Record | None:

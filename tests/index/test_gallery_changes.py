@@ -91,7 +91,7 @@ def test_a_follower_sees_the_writers_adds_and_deletes(kind: str, store: Store, t
         assert g.int_ids().tolist() == expected
         assert g.identities() == {name: n for name, n in store.list_identities(0, 1000)[0]}
     qs = unit(np.random.default_rng(4).standard_normal((6, DIM)))
-    rebuilt = Gallery.from_store(store, kind="flat", use_gpu=False, graph_k=10)
+    rebuilt = Gallery.from_store(store, kind="flat", use_gpu=False, graph_k=10, keep_graph=False)
     for g in (writer.gallery, reader.gallery):
         same_results(g, rebuilt, qs, top_k=8)
         same_results(g, rebuilt, qs, top_k=8, filters=SearchFilter(exclude_camera="c2"))

@@ -312,6 +312,33 @@ def test_int_ids_are_stable_and_never_reused(opener: Opener) -> None:
         store.close()
 
 
+# ---- derived data (blobs) -----------------------------------------------------------------------
+def test_blobs_round_trip_replace_and_survive_reopen(opener: Opener) -> None:
+    store = opener()
+    try:
+        assert store.get_blob("graph/k30") is None
+        big = np.random.default_rng(0).bytes(3 * 1024 * 1024)  # the size class of a real graph
+        store.put_blob("graph/k30", big)
+        store.put_blob("other", b"x")
+        assert store.get_blob("graph/k30") == big
+        store.put_blob("graph/k30", b"\x00second")  # replaces, NUL bytes intact
+        assert store.get_blob("graph/k30") == b"\x00second"
+        assert store.count_tracklets() == 0 and store.change_head() == 0  # not records, not changes
+        for bad in ("", "x" * 201, 3):
+            with pytest.raises(InvalidRecord):
+                store.put_blob(bad, b"")  # type: ignore[arg-type]
+    finally:
+        store.close()
+    store = opener()
+    try:
+        assert store.get_blob("graph/k30") == b"\x00second"
+        store.delete_blob("graph/k30")
+        store.delete_blob("never-written")
+        assert store.get_blob("graph/k30") is None and store.get_blob("other") == b"x"
+    finally:
+        store.close()
+
+
 def test_iter_records_in_int_id_order_across_batches(store: Store) -> None:
     store.put_many([make_record(f"t{i:03d}", f"p{i % 7}") for i in range(53)])
     store.delete("t010")
