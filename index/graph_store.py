@@ -192,7 +192,9 @@ class DurableGraph:
                 graph.add(ids[s : s + _ADD_CHUNK * 16], feats[s : s + _ADD_CHUNK * 16])
             self.save_now(graph)
             self.last_load = GraphLoad("rebuilt", why, len(ids), len(ids), 0, time.perf_counter() - t0)
-            log.warning(
+            # An empty gallery has nothing to rebuild: no warning for a fresh deployment.
+            log.log(
+                logging.WARNING if len(ids) else logging.INFO,
                 "re-ranking graph rebuilt and saved to the store: %s (%d items, %.1fs)",
                 why, len(ids), self.last_load.seconds,
             )
