@@ -191,10 +191,18 @@ def test_listing_pages_in_enrollment_order_with_filters(live: Live) -> None:
         assert [t["tracklet_id"] for t in live.client.iter_tracklets(page_size=1, **filters)] == expected, filters
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request: pytest.FixtureRequest, sqlite_url: str) -> tuple[str, str]:
+    """(store URL, redis key prefix) of an empty store of each kind."""
+    if request.param == "sqlite":
+        return sqlite_url, "sasreid:"
+    return request.getfixturevalue("redis_server").url, request.getfixturevalue("redis_prefix")
+
+
 def test_listing_is_stable_under_concurrent_writes(
-    checkpoints: Any, sqlite_url: str, make_settings: Callable[..., Any], thread_server: Callable[..., Any]
+    checkpoints: Any, store: tuple[str, str], make_settings: Callable[..., Any], thread_server: Callable[..., Any]
 ) -> None:
-    server = thread_server(make_settings(checkpoints.a, sqlite_url))
+    server = thread_server(make_settings(checkpoints.a, store[0], redis_prefix=store[1]))
     client = server.client()
     stats = client.stats()
     specs = [(f"t{i:02d}", f"p{i % 3}", "cam1", "ground", "s") for i in range(10)]

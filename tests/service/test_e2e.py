@@ -169,11 +169,12 @@ def test_end_to_end_and_restart(
 
     # ---- metrics and docs need no key --------------------------------------------------------
     metrics = httpx.get(f"{server.url}/metrics").text
-    assert 'route="/query"' in metrics and 'route="/tracklets"' in metrics
+    # The client calls the versioned routes.
+    assert 'route="/v1/query"' in metrics and 'route="/v1/tracklets"' in metrics
     assert "sasreid_embed_batch_size_count" in metrics
     assert "sasreid_gallery_tracklets 4.0" in metrics
     assert httpx.get(f"{server.url}/docs").status_code == 200
-    assert "/tracklets/batch" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    assert "/v1/tracklets/batch" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
 
     before = _answers(client, frames["bob_1"])
     server.stop()
