@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from model.data.tracklet import Tracklet
-from service.demo import ApiRanking, metrics_from_api, same_outfit_queries
+from service.demo import ApiRanking, metrics_from_api, same_outfit_queries, top5_summary
 
 
 def rec(pid: int, cam: int, name: str, session: int) -> Tracklet:
@@ -37,3 +37,16 @@ def test_metrics_from_api_split_by_session():
 def test_same_outfit_queries_need_a_positive_in_their_session():
     assert same_outfit_queries(QUERIES, GALLERY) == [0]
     assert same_outfit_queries(QUERIES, GALLERY[2:]) == []
+
+
+def test_top5_summary_counts_first_found_and_possible():
+    g = {t.tracklet_id: t for t in GALLERY}
+    rows = [
+        (QUERIES[0], [g["g_same"], g["g_other_id"], g["g_changed"], g["g_neg"]]),  # right first, 2 correct
+        (QUERIES[1], [g["g_neg"], g["g_same"], g["g_other_id"]]),  # found at rank 3, 1 correct
+    ]
+    text = top5_summary(rows, positives=[2, 7])
+    assert "ranked first for 1 of 2 queries and within the top 5 for 2" in text
+    # 3 correct; at most min(5, 2) + min(5, 7) = 7 could be
+    assert "3 of 10 answers are the query's identity, of at most 7 possible" in text
+    assert "2-7 tracklets per query identity" in text
