@@ -190,7 +190,11 @@ class DurableGraph:
             graph = GalleryNeighborGraph(self.dim, k=self.k)
             for s in range(0, len(ids), _ADD_CHUNK * 16):
                 graph.add(ids[s : s + _ADD_CHUNK * 16], feats[s : s + _ADD_CHUNK * 16])
-            self.save_now(graph)
+            try:
+                self.save_now(graph)
+            except StoreError as exc:  # serve anyway; the saver retries once watching
+                log.warning("re-ranking graph not saved to the store (retried later): %s", exc)
+                self.note(max(len(ids), 1))
             self.last_load = GraphLoad("rebuilt", why, len(ids), len(ids), 0, time.perf_counter() - t0)
             # An empty gallery has nothing to rebuild: no warning for a fresh deployment.
             log.log(
@@ -248,6 +252,7 @@ class DurableGraph:
     def watch(self, snapshot: Snapshot) -> None:
         """Save through ``snapshot(self)`` (a bound method of the owner, held weakly) from now on."""
         self._snapshot = weakref.WeakMethod(snapshot)
+        self.note(0)  # a caught-up or unsaved graph from ``restore`` is saved without waiting for a change
 
     def added(self, ids: np.ndarray, feats: np.ndarray) -> None:
         """Items were added to the graph (call under the owner's write lock)."""
@@ -266,13 +271,12 @@ class DurableGraph:
         return self._pending
 
     def note(self, changes: int) -> None:
-        if changes <= 0:
-            return
+        """Count ``changes`` more unsaved changes; start the saver when there are some."""
         with self._cond:
-            if self._pending == 0:
+            if changes > 0 and self._pending == 0:
                 self._first_pending = time.monotonic()
-            self._pending += changes
-            if self._thread is None and not self._closed and self._snapshot is not None:
+            self._pending += max(changes, 0)
+            if self._pending and self._thread is None and not self._closed and self._snapshot is not None:
                 self._thread = threading.Thread(target=self._run, name="graph-saver", daemon=True)
                 self._thread.start()
             self._cond.notify()
