@@ -189,6 +189,36 @@ def test_search_by_upload_then_the_identity_page(
 
 
 @needs_browser
+def test_the_enrolment_time_range_filters_the_search(console: Console) -> None:
+    """'enrolled since' / 'until' reach the query as [since, until): a range that ends before any
+    enrolment finds nobody, one that starts before it finds the gallery again."""
+    console.use_key(READ_KEY)
+
+    def search(since: str, until: str) -> tuple[list[str], str]:
+        console.go("#/search")
+        console.by_id("mode-tracklet-radio").click()
+        field = console.by_id("query-tracklet")
+        field.clear()
+        field.send_keys("dave_1")
+        for name, value in (("since", since), ("until", until)):
+            console.driver.execute_script("document.getElementById(arguments[0]).value = arguments[1]", name, value)
+        # The status line keeps the last search's text: blank it, then wait for this search's.
+        console.driver.execute_script("document.getElementById('search-status').textContent = ''")
+        console.by_id("search-run").click()
+        status = lambda: console.by_id("search-status").text  # noqa: E731
+        console.wait(lambda _: status() != "" and "searching" not in status(),
+                     "the search did not finish")
+        return console.ranked_identities(), console.by_id("search-status").text
+
+    ranked, status = search("", "2001-01-01T00:00:00")
+    assert ranked == [] and status.startswith("0 identities"), (ranked, status)
+    ranked, status = search("2001-01-01T00:00:00", "")
+    assert "dave" in ranked and "bob" in ranked, (ranked, status)
+    ranked, status = search("", "")
+    assert "dave" in ranked, (ranked, status)
+
+
+@needs_browser
 def test_names_and_metadata_are_shown_as_text(console: Console) -> None:
     console.use_key(READ_KEY)
     d = console.driver

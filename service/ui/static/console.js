@@ -300,6 +300,12 @@
       const value = $(id).value.trim();
       if (value) out[field] = value;
     }
+    // The created-at range [since, until): the picker gives the browser's local time, sent as
+    // unix seconds so the server never has to guess a time zone.
+    for (const field of ["since", "until"]) {
+      const value = $(field).value;
+      if (value) out[field] = new Date(value).getTime() / 1000;
+    }
     return out;
   }
 
