@@ -34,8 +34,9 @@ from the state it has applied, never with an error.
 from __future__ import annotations
 
 import hashlib
-import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +80,25 @@ def _batches(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+# The stages of ``Gallery.search``, in the order they run (keys of its ``timings``).
+SEARCH_STAGES = ("index", "pool", "rerank", "aggregate")
+
+
+@contextmanager
+def span(timings: dict[str, float] | None, stage: str) -> Iterator[None]:
+    """Add the block's wall time in ms to ``timings[stage]`` (``timings`` None: time nothing).
+
+    Added, not set: a stage entered twice reports its total."""
+    if timings is None:
+        yield
+        return
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - start) * 1e3
 
 
 # Reconstruct/score vectors in chunks so an exhaustive scan never copies the whole gallery at once.
@@ -134,9 +154,10 @@ class Gallery:
             else make_index(kind, dim, self.options, use_gpu=use_gpu, **(index_params or {}))
         )
         self.use_gpu = bool(getattr(self._index, "use_gpu", False))
+        # Searches (re-ranking included) share the read lock: GalleryNeighborGraph.rerank only reads
+        # the graph, and its contract allows concurrent calls. A lock of its own made every
+        # re-ranked query wait behind the others' re-ranking (issue 12).
         self._lock = ReadWriteLock()
-        # The re-ranking graph is another module's object: do not assume it tolerates concurrent calls.
-        self._graph_lock = threading.Lock()
         self._durable_graph: DurableGraph | None = None
         self._reset(clear_index=False)
 
@@ -568,6 +589,7 @@ class Gallery:
         rerank: RerankParams | None = None,
         aggregate: Aggregate = "max",
         candidates: int = 200,
+        timings: dict[str, float] | None = None,
     ) -> SearchResult:
         """Rank gallery identities for one unit-norm query descriptor [dim].
 
@@ -578,6 +600,12 @@ class Gallery:
         them; identities are those appearing in the pool (an identity with no tracklet in the pool
         has a lower max than every pooled one, but with ``mean`` it is not considered). With
         re-ranking, aggregation uses the re-ranked pool only.
+
+        ``timings``, when given, receives the wall time in ms of each stage that ran
+        (``SEARCH_STAGES``): ``index`` the vector index search (its pool growth and the exact
+        fallback scan included), ``pool`` the candidates' stored vectors and exact cosines,
+        ``rerank`` the graph re-ranking, ``aggregate`` tracklet hits and identity ranking. A search
+        that stops early (empty gallery or pool) reports the stages it reached.
         """
         q = check_descriptors(query, self.dim, "query", single=True)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
@@ -601,33 +629,41 @@ class Gallery:
         with self._lock.read():
             if not self._entries:
                 return SearchResult([], [], aggregate, rerank is not None, True)
-            pool, exhaustive = self._pool(q, filt, candidates, top_k)
-            pool, pool_vectors = self._live(pool)
+            with span(timings, "index"):
+                pool, exhaustive = self._pool(q, filt, candidates, top_k)
+            with span(timings, "pool"):
+                pool, pool_vectors = self._live(pool)
+                cos = pool_vectors @ q
             if len(pool) == 0:
                 return SearchResult([], [], aggregate, rerank is not None, exhaustive)
-            cos = pool_vectors @ q
             if rerank is not None:
-                assert self._graph is not None
-                with self._graph_lock:
-                    dist = np.asarray(
-                        self._graph.rerank(
-                            q, pool, k1=rerank.k1, k2=rerank.k2, lambda_value=rerank.lambda_value
-                        ),
-                        dtype=np.float32,
-                    )
-                if dist.shape != (len(pool),):
-                    raise RuntimeError(f"re-ranking returned shape {dist.shape} for {len(pool)} candidates")
-                hits = [
-                    self._hit(int(i), float(c), 1.0 - float(d), float(d))
-                    for i, c, d in zip(pool, cos, dist, strict=True)
-                ]
-                ranked_hits = sort_hits(hits)
-                identities = self._aggregate_pool(ranked_hits, top_k, aggregate)
+                with span(timings, "rerank"):
+                    dist = self._rerank(q, pool, rerank)
+                with span(timings, "aggregate"):
+                    hits = [
+                        self._hit(i, c, 1.0 - d, d)
+                        for i, c, d in zip(pool.tolist(), cos.tolist(), dist.tolist(), strict=True)
+                    ]
+                    ranked_hits = sort_hits(hits)
+                    identities = self._aggregate_pool(ranked_hits, top_k, aggregate)
             else:
-                hits = [self._hit(int(i), float(c), float(c), None) for i, c in zip(pool, cos, strict=True)]
-                ranked_hits = sort_hits(hits)
-                identities = self._aggregate_complete(q, ranked_hits, filt, top_k, aggregate)
+                with span(timings, "aggregate"):
+                    hits = [self._hit(i, c, c, None) for i, c in zip(pool.tolist(), cos.tolist(), strict=True)]
+                    ranked_hits = sort_hits(hits)
+                    identities = self._aggregate_complete(q, ranked_hits, filt, top_k, aggregate)
             return SearchResult(identities, ranked_hits, aggregate, rerank is not None, exhaustive)
+
+    def _rerank(self, q: np.ndarray, pool: np.ndarray, rerank: RerankParams) -> np.ndarray:
+        """Re-ranked distances float32 [len(pool)] of the query to its pool (under the read lock,
+        alongside other searches: the graph only changes under the write lock)."""
+        assert self._graph is not None
+        dist = np.asarray(
+            self._graph.rerank(q, pool, k1=rerank.k1, k2=rerank.k2, lambda_value=rerank.lambda_value),
+            dtype=np.float32,
+        )
+        if dist.shape != (len(pool),):
+            raise RuntimeError(f"re-ranking returned shape {dist.shape} for {len(pool)} candidates")
+        return dist
 
     def _hit(self, int_id: int, cosine: float, score: float, distance: float | None) -> TrackletHit:
         e = self._entries[int_id]
@@ -737,4 +773,4 @@ class Gallery:
         return rank_identities(groups, top_k, aggregate)
 
 
-__all__ = ["Gallery", "GalleryState"]
+__all__ = ["SEARCH_STAGES", "Gallery", "GalleryState", "span"]

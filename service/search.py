@@ -12,15 +12,16 @@ that identity's score recomputed from its remaining tracklets (it disappears if 
 tracklet; with re-ranking, the query tracklet still takes part in the k-reciprocal neighbourhoods
 of the candidates (it is a gallery item), it is only removed from the answer.
 
-Timing: ``search`` is the plain candidate search and identity aggregation. With re-ranking the
-gallery is searched again with re-ranking on, and ``rerank`` is the extra time that search took
-over the plain one (the gallery does not report its stages separately).
+Timing: the gallery is searched once and reports its own stages (``Gallery.search``'s
+``timings``: index, pool, rerank, aggregate), kept in ``SearchOutcome.stages``. ``rerank`` is its
+rerank stage (0 without re-ranking); ``search`` the rest of that one gallery call (index search,
+candidate scoring, aggregation, and waiting for the gallery's lock).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,10 +35,14 @@ from service.schemas import IdentityResult, QueryOptions, TrackletScore
 
 @dataclass(frozen=True)
 class SearchOutcome:
+    """The API's ranking, and what the search cost: ``stages`` are the gallery's own stage timings
+    in ms (``index.gallery.SEARCH_STAGES``, those that ran)."""
+
     results: list[IdentityResult]
     reranked: bool
     search_ms: float
     rerank_ms: float
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 def time_range(start: float | None, end: float | None) -> tuple[float | None, float | None]:
@@ -156,16 +161,12 @@ def run_search(gallery: Gallery, settings: Settings, descriptor: np.ndarray, pla
     candidates = max(settings.search_candidates, want)
     aggregate = plan.aggregate  # type: ignore[assignment]
 
+    stages: dict[str, float] = {}
     start = time.perf_counter()
-    result = gallery.search(descriptor, top_k=want, filters=plan.filters, rerank=None, aggregate=aggregate,
-                            candidates=candidates)
-    search_s = time.perf_counter() - start
-    rerank_s = 0.0
-    if plan.rerank is not None:
-        start = time.perf_counter()
-        result = gallery.search(descriptor, top_k=want, filters=plan.filters, rerank=plan.rerank,
-                                aggregate=aggregate, candidates=candidates)
-        rerank_s = max(0.0, time.perf_counter() - start - search_s)
+    result = gallery.search(descriptor, top_k=want, filters=plan.filters, rerank=plan.rerank, aggregate=aggregate,
+                            candidates=candidates, timings=stages)
+    rerank_ms = stages.get("rerank", 0.0)
+    search_ms = max(0.0, (time.perf_counter() - start) * 1e3 - rerank_ms)
 
     identities = result.identities
     if plan.exclude_tracklet is not None:
@@ -182,4 +183,5 @@ def run_search(gallery: Gallery, settings: Settings, descriptor: np.ndarray, pla
         )
         for hit in identities[: plan.top_k]
     ]
-    return SearchOutcome(results=results, reranked=result.reranked, search_ms=search_s * 1e3, rerank_ms=rerank_s * 1e3)
+    return SearchOutcome(results=results, reranked=result.reranked, search_ms=search_ms, rerank_ms=rerank_ms,
+                         stages=stages)
