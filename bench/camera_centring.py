@@ -13,9 +13,7 @@ given the same treatment, so the reference row sees the same protocol. Writes th
 
 from __future__ import annotations
 
-import argparse
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -27,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablation import loadavg
 from baseline_color_hist import evaluate_color_hist
 from real_images import branch_table
-from results import RESULTS, machine_line, write_section
+from results import command_line, finished_runs_parser, machine_line, write_section
 
 from model.engine.config import TrainConfig
 from model.engine.evaluate import evaluate_checkpoint
@@ -48,14 +46,8 @@ def run_label(run: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="dataset root (DetReIDX layout)")
-    parser.add_argument("--runs", type=Path, nargs="+", required=True, help="finished training run folders")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="markdown file whose section to replace")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
-    parser.add_argument("--notes", default="", help="free text appended to the section")
-    args = parser.parse_args(argv)
-    command = "python bench/camera_centring.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    args = finished_runs_parser(__doc__, "finished training run folders").parse_args(argv)
+    command = command_line("camera_centring.py", argv)
     start_load = loadavg()
     rerank = RerankParams()
     named: list[tuple[str, EvalReport]] = []

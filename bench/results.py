@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
+import shlex
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -44,3 +47,20 @@ def write_section(title: str, body: str, path: Path = RESULTS) -> None:
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
     tail = "".join(lines[end:])
     path.write_text("".join(lines[:start]) + text + ("\n" + tail if tail else ""))
+
+
+def finished_runs_parser(doc: str, runs_help: str) -> argparse.ArgumentParser:
+    """The arguments of the scripts that evaluate finished training runs: ``--data``, ``--runs``,
+    ``--results``, ``--json`` and ``--notes``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="dataset root (DetReIDX layout)")
+    parser.add_argument("--runs", type=Path, nargs="+", required=True, help=runs_help)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="markdown file whose section to replace")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
+    parser.add_argument("--notes", default="", help="free text appended to the section")
+    return parser
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """``python bench/SCRIPT args...`` as run (``argv`` or the process's own arguments)."""
+    return f"python bench/{script} " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))

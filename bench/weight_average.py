@@ -11,9 +11,7 @@ on real images (PETA-dev)" of bench/RESULTS.md.
 
 from __future__ import annotations
 
-import argparse
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -25,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablation import loadavg
 from camera_centring import run_label
 from real_images import branch_table
-from results import RESULTS, machine_line, write_section
+from results import command_line, finished_runs_parser, machine_line, write_section
 
 from model.engine.config import TrainConfig
 from model.engine.evaluate import evaluate_checkpoint
@@ -54,14 +52,8 @@ def train_minutes(run: Path) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="dataset root (DetReIDX layout)")
-    parser.add_argument("--runs", type=Path, nargs="+", required=True, help="runs trained with --weight-average")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="markdown file whose section to replace")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
-    parser.add_argument("--notes", default="", help="free text appended to the section")
-    args = parser.parse_args(argv)
-    command = "python bench/weight_average.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    args = finished_runs_parser(__doc__, "runs trained with --weight-average").parse_args(argv)
+    command = command_line("weight_average.py", argv)
     start_load = loadavg()
     named: list[tuple[str, EvalReport]] = []
     figures: dict[str, dict[str, float]] = {}
