@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
@@ -52,6 +53,18 @@ def _rank_main(rank: int, port: int, cfg: TrainConfig, root: str, run: str, out:
     trainer = Trainer(cfg, root, run, resume=resume)
     trainer.fit()
     torch.save({k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, Path(out) / f"rank{rank}.pt")
+
+
+def _refusal_main(rank: int, port: int, cfg: TrainConfig, root: str, run: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(WORLD))
+    try:
+        Trainer(cfg, root, run)
+    except TrainingError as exc:
+        (Path(out) / f"rank{rank}.txt").write_text(str(exc))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _spawn(cfg: TrainConfig, root: Path, run: Path, out: Path, resume: bool = False) -> list[dict[str, torch.Tensor]]:
@@ -159,3 +172,13 @@ def test_torchrun_command_trains_with_two_processes(make_easy_dataset, tmp_path:
     assert [r["event"] for r in log].count("eval") == 1  # evaluated once, by rank 0
     # Only rank 0 prints the result.
     assert proc.stdout.count("served checkpoint") == 1
+
+
+def test_sync_bn_on_cpu_ranks_is_refused_with_the_reason(make_easy_dataset, tmp_path: Path):
+    root = make_easy_dataset(tmp_path / "data", train_ids=8, test_ids=0, train_tracklets=3, frames=5)
+    out = tmp_path / "out"
+    out.mkdir()
+    mp.start_processes(_refusal_main, args=(_free_port(), _cfg(sync_bn=True), str(root), str(tmp_path / "run"),
+                                            str(out)), nprocs=WORLD, start_method="spawn", join=True)
+    for rank in range(WORLD):
+        assert "--sync-bn needs CUDA" in (out / f"rank{rank}.txt").read_text()
