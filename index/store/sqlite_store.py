@@ -211,6 +211,20 @@ class SQLiteStore(Store):
             except sqlite3.Error as exc:
                 raise self._translated(exc) from exc
 
+    def _read_together(self, *queries: tuple[str, tuple[object, ...]]) -> list[list[tuple[object, ...]]]:
+        """The rows of each ``(sql, params)`` query, all read in one transaction so they agree."""
+        with self._lock:
+            self._check_open()
+            try:
+                self._conn.execute("BEGIN")
+                try:
+                    return [self._conn.execute(sql, params).fetchall() for sql, params in queries]
+                finally:
+                    if self._conn.in_transaction:
+                        self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise self._translated(exc) from exc
+
     def _translated(self, exc: sqlite3.Error) -> StoreError:
         """The store error for an SQLite failure, so callers (the API) can answer 507/503 with a
         stable code instead of a bare 500. Every failed write has been rolled back by then."""
@@ -404,23 +418,13 @@ class SQLiteStore(Store):
 
     # ---- change feed --------------------------------------------------------------------
     def _changes_since(self, seq: int, limit: int) -> tuple[list[Change], int | None, int]:
-        with self._lock:
-            self._check_open()
-            # One read transaction: the page, the oldest retained change and the head agree.
-            try:
-                self._conn.execute("BEGIN")
-                try:
-                    rows = self._conn.execute(
-                        "SELECT seq, op, tracklet_id, int_id FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
-                        (seq, limit),
-                    ).fetchall()
-                    oldest = self._conn.execute("SELECT MIN(seq) FROM changes").fetchone()[0]
-                    head = self._conn.execute("SELECT value FROM meta WHERE key = 'change_seq'").fetchone()[0]
-                finally:
-                    if self._conn.in_transaction:
-                        self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise self._translated(exc) from exc
+        # The page, the oldest retained change and the head agree.
+        rows, oldest_row, head_row = self._read_together(
+            ("SELECT seq, op, tracklet_id, int_id FROM changes WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)),
+            ("SELECT MIN(seq) FROM changes", ()),
+            ("SELECT value FROM meta WHERE key = 'change_seq'", ()),
+        )
+        oldest, head = oldest_row[0][0], head_row[0][0]
         changes = [Change(int(s), str(op), str(tid), int(i)) for s, op, tid, i in rows]  # type: ignore[arg-type]
         return changes, None if oldest is None else int(oldest), int(head)
 
@@ -462,23 +466,13 @@ class SQLiteStore(Store):
 
     def list_identities(self, offset: int = 0, limit: int = 100) -> tuple[list[tuple[str, int]], int]:
         check_page(offset, limit)
-        with self._lock:
-            self._check_open()
-            # One read transaction so the page and the total agree.
-            try:
-                self._conn.execute("BEGIN")
-                try:
-                    page = self._conn.execute(
-                        "SELECT identity, COUNT(*) FROM tracklets GROUP BY identity ORDER BY identity "
-                        "LIMIT ? OFFSET ?",
-                        (limit, offset),
-                    ).fetchall()
-                    total = self._conn.execute("SELECT COUNT(DISTINCT identity) FROM tracklets").fetchone()[0]
-                finally:
-                    if self._conn.in_transaction:
-                        self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise self._translated(exc) from exc
+        # The page and the total agree.
+        page, total_row = self._read_together(
+            ("SELECT identity, COUNT(*) FROM tracklets GROUP BY identity ORDER BY identity LIMIT ? OFFSET ?",
+             (limit, offset)),
+            ("SELECT COUNT(DISTINCT identity) FROM tracklets", ()),
+        )
+        total = total_row[0][0]
         return [(str(i), int(n)) for i, n in page], int(total)
 
     def count_tracklets(self) -> int:
