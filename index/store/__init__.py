@@ -18,6 +18,7 @@ from index.store.errors import (
     DimensionMismatch,
     FingerprintMismatch,
     InvalidRecord,
+    JobExists,
     SchemaVersionError,
     StoreBusy,
     StoreError,
@@ -27,6 +28,7 @@ from index.store.errors import (
     TrackletConflict,
     TrackletNotFound,
 )
+from index.store.job import FINISHED, JOB_STATES, Job, JobState
 from index.store.record import PLATFORMS, Record
 from index.store.redis_store import DEFAULT_PREFIX, RedisStore
 from index.store.sqlite_store import SQLiteStore
@@ -34,12 +36,17 @@ from index.store.sqlite_store import SQLiteStore
 __all__ = [
     "DEFAULT_CHANGE_RETENTION",
     "DEFAULT_PREFIX",
+    "FINISHED",
+    "JOB_STATES",
     "PLATFORMS",
     "Change",
     "ChangesTrimmed",
     "DimensionMismatch",
     "FingerprintMismatch",
     "InvalidRecord",
+    "Job",
+    "JobExists",
+    "JobState",
     "PutResult",
     "Record",
     "RedisStore",

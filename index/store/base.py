@@ -33,6 +33,7 @@ from index.store.errors import (
     InvalidRecord,
     TrackletConflict,
 )
+from index.store.job import Job
 from index.store.record import Record, validate_descriptor, validate_frames
 
 # 2: the change feed (SQLite table ``changes``, Redis ``change_seq`` + ``changes``). A package that
@@ -42,6 +43,7 @@ SCHEMA_VERSION = 2
 # 100k writes between two polls (or a long outage); it then reconciles with the store.
 DEFAULT_CHANGE_RETENTION = 100_000
 MAX_CHANGES_LIMIT = 100_000
+MAX_JOBS_LIMIT = 1000
 
 ChangeOp = Literal["add", "remove"]
 
@@ -166,6 +168,26 @@ class Store(ABC):
     @abstractmethod
     def change_head(self) -> int:
         """The sequence number of the newest change (0 before the first)."""
+
+    # ---- jobs ---------------------------------------------------------------------------
+    # Long-running work (index.store.job): not records, so no change feed; every write of an
+    # existing job is a compare-and-set on its version.
+    @abstractmethod
+    def create_job(self, job: Job) -> None:
+        """Store a new job; ``JobExists`` when its id is taken."""
+
+    @abstractmethod
+    def get_job(self, job_id: str) -> Job | None:
+        """The stored job, or None."""
+
+    @abstractmethod
+    def list_jobs(self, limit: int = 100) -> list[Job]:
+        """The newest ``limit`` jobs, newest first."""
+
+    @abstractmethod
+    def replace_job(self, job: Job) -> bool:
+        """Store ``job`` if the stored one has version ``job.version - 1`` (atomically); False when
+        another writer got there first or the job is gone."""
 
     # ---- derived data -------------------------------------------------------------------
     # Caches computed from the records (the re-ranking graph) kept next to them so every process
@@ -316,6 +338,11 @@ def check_retention(retention: int) -> int:
 def check_position(seq: int) -> None:
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
         raise InvalidRecord(f"change-feed position must be an int >= 0, got {seq!r}")
+
+
+def check_jobs_limit(limit: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_JOBS_LIMIT:
+        raise InvalidRecord(f"limit must be an int in 1..{MAX_JOBS_LIMIT}, got {limit!r}")
 
 
 def check_blob_name(name: str) -> None:

@@ -59,6 +59,14 @@ class TrackletNotFound(StoreError, KeyError):
         return f"tracklet {self.tracklet_id!r} is not stored"
 
 
+class JobExists(StoreError):
+    """A job id is already stored."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"job {job_id!r} already exists")
+
+
 class StoreUnavailable(StoreError):
     """The backing database cannot be reached (connection refused, timeout)."""
 

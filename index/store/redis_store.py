@@ -15,6 +15,8 @@ key                   type    content
 ``P change_seq``      string  head of the change feed (last sequence number handed out)
 ``P changes``         zset    the change feed: member ``"<seq> <op> <int id> <tracklet id>"``,
                               score seq; the newest ``change_retention`` are kept
+``P jobs``            hash    job id -> the job's JSON (``index.store.job``)
+``P jobs:created``    zset    job ids by creation time (newest-first listing)
 ``P blob:<name>``     string  derived data (``Store.put_blob``, e.g. the re-ranking graph)
 ====================  ======  ==============================================================
 
@@ -59,6 +61,7 @@ from index.store.base import (
     check_against_info,
     check_batch_size,
     check_blob_name,
+    check_jobs_limit,
     check_page,
     check_replacement_coverage,
     check_retention,
@@ -67,6 +70,7 @@ from index.store.base import (
 )
 from index.store.errors import (
     InvalidRecord,
+    JobExists,
     SchemaVersionError,
     StoreError,
     StoreFull,
@@ -74,6 +78,7 @@ from index.store.errors import (
     StoreUnavailable,
     TrackletNotFound,
 )
+from index.store.job import Job, check_job
 from index.store.record import (
     Record,
     descriptor_from_bytes,
@@ -100,6 +105,21 @@ if excess > 0 then
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, excess - 1)
 end
 return last
+"""
+
+# KEYS: jobs hash. ARGV: job id, expected version, new JSON. Compare-and-set of one job.
+_REPLACE_JOB = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if not current then return 0 end
+if cjson.decode(current)['version'] ~= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+# KEYS: jobs hash, jobs:created zset. ARGV: job id, created_at, JSON. 0 when the id is taken.
+_CREATE_JOB = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[3]) == 0 then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1
 """
 
 T = TypeVar("T")
@@ -133,6 +153,8 @@ class RedisStore(Store):
         self._identities = p + b"identities"
         self._change_seq = p + b"change_seq"
         self._changes = p + b"changes"
+        self._jobs = p + b"jobs"
+        self._jobs_created = p + b"jobs:created"
         try:
             with self._errors():
                 schema = self._client.hget(self._meta, "schema")
@@ -429,6 +451,32 @@ class RedisStore(Store):
     def change_head(self) -> int:
         with self._errors():
             return int(self._client.get(self._change_seq) or 0)
+
+    # ---- jobs ---------------------------------------------------------------------------
+    def create_job(self, job: Job) -> None:
+        check_job(job)
+        with self._errors():
+            created = self._client.eval(_CREATE_JOB, 2, self._jobs, self._jobs_created, job.id,
+                                        repr(job.created_at), job.to_json())
+        if not created:
+            raise JobExists(job.id)
+
+    def get_job(self, job_id: str) -> Job | None:
+        with self._errors():
+            data = self._client.hget(self._jobs, job_id)
+        return None if data is None else Job.from_json(data)
+
+    def list_jobs(self, limit: int = 100) -> list[Job]:
+        check_jobs_limit(limit)
+        with self._errors():
+            ids = self._client.zrevrange(self._jobs_created, 0, limit - 1)
+            rows = self._client.hmget(self._jobs, ids) if ids else []
+        return [Job.from_json(r) for r in rows if r is not None]
+
+    def replace_job(self, job: Job) -> bool:
+        check_job(job)
+        with self._errors():
+            return bool(self._client.eval(_REPLACE_JOB, 1, self._jobs, job.id, job.version - 1, job.to_json()))
 
     # ---- derived data -------------------------------------------------------------------
     def _bkey(self, name: str) -> bytes:

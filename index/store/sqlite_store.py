@@ -14,6 +14,8 @@ Schema (``PRAGMA user_version`` = ``SCHEMA_VERSION``):
 * ``changes(seq, op, tracklet_id, int_id)``: the change feed, appended by the write transaction it
   describes; ``meta.change_seq`` is its head (kept in ``meta`` so trimming never frees a number).
   Version 1 files get the (empty) table when opened.
+* ``jobs(id, created_at, version, data)``: long-running jobs (``index.store.job``; ``data`` is the
+  job's JSON), created on open in any version like ``blobs``;
 * ``blobs(name, data)``: derived data (``Store.put_blob``, e.g. the re-ranking graph), created on
   open in any version: not records, so older readers may ignore it.
 """
@@ -39,6 +41,7 @@ from index.store.base import (
     check_against_info,
     check_batch_size,
     check_blob_name,
+    check_jobs_limit,
     check_page,
     check_replacement_coverage,
     check_retention,
@@ -46,6 +49,7 @@ from index.store.base import (
     with_int_id,
 )
 from index.store.errors import (
+    JobExists,
     SchemaVersionError,
     StoreBusy,
     StoreError,
@@ -54,6 +58,7 @@ from index.store.errors import (
     StoreUnavailable,
     TrackletNotFound,
 )
+from index.store.job import Job, check_job
 from index.store.record import (
     Record,
     descriptor_from_bytes,
@@ -101,6 +106,11 @@ CREATE TABLE IF NOT EXISTS changes (
 
 # Derived data (Store.put_blob); outside the schema version: older readers ignore the table.
 _BLOBS_SCHEMA = "CREATE TABLE IF NOT EXISTS blobs (name TEXT PRIMARY KEY, data BLOB NOT NULL)"
+
+_JOBS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, created_at REAL NOT NULL, "
+    "version INTEGER NOT NULL, data TEXT NOT NULL)"
+)
 
 # SQLite primary result codes (sqlite3 exposes them as constants only from Python 3.11).
 _SQLITE_BUSY = 5
@@ -155,6 +165,7 @@ class SQLiteStore(Store):
             if version < SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute(_BLOBS_SCHEMA)
+            conn.execute(_JOBS_SCHEMA)
 
     # ---- helpers ------------------------------------------------------------------------
     class _Txn:
@@ -430,6 +441,31 @@ class SQLiteStore(Store):
 
     def change_head(self) -> int:
         return int(self._read("SELECT value FROM meta WHERE key = 'change_seq'")[0][0])  # type: ignore[arg-type]
+
+    # ---- jobs ---------------------------------------------------------------------------
+    def create_job(self, job: Job) -> None:
+        check_job(job)
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job.id,)).fetchone():
+                raise JobExists(job.id)
+            conn.execute("INSERT INTO jobs(id, created_at, version, data) VALUES (?, ?, ?, ?)",
+                         (job.id, job.created_at, job.version, job.to_json()))
+
+    def get_job(self, job_id: str) -> Job | None:
+        rows = self._read("SELECT data FROM jobs WHERE id = ?", (job_id,))
+        return Job.from_json(rows[0][0]) if rows else None  # type: ignore[arg-type]
+
+    def list_jobs(self, limit: int = 100) -> list[Job]:
+        check_jobs_limit(limit)
+        rows = self._read("SELECT data FROM jobs ORDER BY created_at DESC, id DESC LIMIT ?", (limit,))
+        return [Job.from_json(r[0]) for r in rows]  # type: ignore[arg-type]
+
+    def replace_job(self, job: Job) -> bool:
+        check_job(job)
+        with self._transaction() as conn:
+            cursor = conn.execute("UPDATE jobs SET version = ?, data = ? WHERE id = ? AND version = ?",
+                                  (job.version, job.to_json(), job.id, job.version - 1))
+            return cursor.rowcount == 1
 
     # ---- derived data -------------------------------------------------------------------
     def put_blob(self, name: str, data: bytes) -> None:

@@ -21,6 +21,8 @@ from index.store import (
     DimensionMismatch,
     FingerprintMismatch,
     InvalidRecord,
+    Job,
+    JobExists,
     Record,
     RedisStore,
     SchemaVersionError,
@@ -777,3 +779,79 @@ def test_version_1_stores_are_upgraded_to_the_feed(
         assert int(client.hget(f"{redis_prefix}meta", "schema")) == 2  # type: ignore[arg-type]
     finally:
         client.close()
+
+
+# ---- jobs -----------------------------------------------------------------------------------------
+def test_jobs_round_trip_list_newest_first_and_survive_reopen(opener: Opener) -> None:
+    store = opener()
+    try:
+        assert store.get_job("j1") is None and store.list_jobs() == []
+        first = Job(id="j1", kind="import", created_at=100.0, updated_at=100.0, params={"source": "a.jsonl"})
+        store.create_job(first)
+        store.create_job(Job(id="j2", kind="import", created_at=200.0, updated_at=200.0))
+        with pytest.raises(JobExists):
+            store.create_job(first)
+        assert store.get_job("j1") == first
+        assert [j.id for j in store.list_jobs()] == ["j2", "j1"]
+        assert [j.id for j in store.list_jobs(limit=1)] == ["j2"]
+        assert store.count_tracklets() == 0 and store.change_head() == 0  # not records, not changes
+        for bad in (Job(id="a b", kind="import", created_at=1.0, updated_at=1.0),
+                    Job(id="ok", kind="import", created_at=1.0, updated_at=1.0, state="lost"),  # type: ignore[arg-type]
+                    Job(id="ok", kind="import", created_at=1.0, updated_at=1.0, params={"x": "y" * 70_000})):
+            with pytest.raises(InvalidRecord):
+                store.create_job(bad)
+        with pytest.raises(InvalidRecord):
+            store.list_jobs(limit=0)
+    finally:
+        store.close()
+    store = opener()
+    try:
+        assert store.get_job("j1") == first
+    finally:
+        store.close()
+
+
+def test_replace_job_is_a_compare_and_set_on_the_version(store: Store) -> None:
+    job = Job(id="j", kind="import", created_at=1.0, updated_at=1.0)
+    store.create_job(job)
+    mine = job.next(state="running", owner="a", lease_until=50.0)
+    theirs = job.next(state="running", owner="b", lease_until=60.0)
+    assert store.replace_job(mine)
+    assert not store.replace_job(theirs)  # b read version 0 too: it lost the race
+    assert store.get_job("j") == mine
+    done = mine.next(state="succeeded", progress={"records": 3})
+    assert store.replace_job(done)
+    assert not store.replace_job(mine.next(progress={"records": 1}))  # a stale writer cannot undo it
+    assert store.get_job("j") == done and done.version == 2
+    assert not store.replace_job(Job(id="gone", kind="import", created_at=1.0, updated_at=1.0, version=1))
+
+
+def test_of_many_concurrent_claims_of_one_job_exactly_one_wins(opener: Opener) -> None:
+    setup = opener()
+    try:
+        setup.create_job(Job(id="j", kind="import", created_at=1.0, updated_at=1.0))
+    finally:
+        setup.close()
+    stores = [opener() for _ in range(6)]
+    wins: list[str] = []
+    barrier = threading.Barrier(len(stores))
+
+    def claim(i: int) -> None:
+        job = stores[i].get_job("j")
+        assert job is not None
+        barrier.wait()
+        if stores[i].replace_job(job.next(owner=f"w{i}", state="running")):
+            wins.append(f"w{i}")
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    try:
+        assert len(wins) == 1
+        got = stores[0].get_job("j")
+        assert got is not None and got.owner == wins[0] and got.version == 1
+    finally:
+        for s in stores:
+            s.close()
