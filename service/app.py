@@ -4,7 +4,8 @@
 fingerprint check; a failure aborts start-up) unless one is passed in, then restores the FAISS
 gallery in the background: ``/healthz`` answers at once, ``/readyz`` and the gallery routes answer
 503 until the index is restored. While serving, a maintenance task rebuilds the index from the
-store whenever a write left their agreement in doubt (see ``Runtime.mark_dirty``).
+store whenever a write left their agreement in doubt (see ``Runtime.mark_dirty``), and a
+``service.jobs.JobRunner`` thread runs the long jobs of ``/v1/jobs`` kept in the store.
 
 OpenAPI docs: ``/docs`` (Swagger UI), ``/redoc`` and ``/openapi.json``; none needs a key. The web
 console is at ``/ui`` (``service.ui``) unless ``settings.ui`` is off.
@@ -28,11 +29,12 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.body_limit import BodySizeLimitMiddleware
 from service.api.openapi import install_openapi
-from service.api.routes import identities, query, service, tracklets
+from service.api.routes import identities, jobs, query, service, tracklets
 from service.api.timeouts import BodyTimeoutMiddleware
 from service.api.versioning import API_VERSION, DeprecationHeaders, include_versioned
 from service.core.config import Settings
 from service.core.errors import ApiError, install_error_handlers
+from service.jobs import JobRunner
 from service.metrics import MetricsMiddleware, ServiceMetrics
 from service.runtime import Runtime, StartupError, open_runtime
 from service.ui import install_ui
@@ -85,6 +87,8 @@ def create_app(
         rt = runtime if runtime is not None else await run_in_threadpool(open_runtime, settings, metrics)
         app.state.runtime = rt
         tasks = [asyncio.create_task(_restore(rt, on_fatal)), asyncio.create_task(_maintain(rt))]
+        runner = JobRunner(rt)
+        runner.start()
         try:
             yield
         finally:
@@ -93,6 +97,8 @@ def create_app(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            # Between two steps the running job saves its progress and is released.
+            await run_in_threadpool(runner.stop)
             await run_in_threadpool(rt.close)
 
     app = FastAPI(
@@ -107,7 +113,7 @@ def create_app(
     app.add_exception_handler(Exception, _internal_error)
     for module in (tracklets, identities, query, service):
         include_versioned(app, module.router)
-    for router in (tracklets.v1_router, query.v1_router):
+    for router in (tracklets.v1_router, query.v1_router, jobs.router):
         include_versioned(app, router, v1_only=True)
     app.include_router(service.probes)
     if settings.ui:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,7 @@ from index.store import (
 from index.types import check_descriptors
 from service.core.errors import ApiError
 from service.runtime import Runtime
+from service.schemas import BatchRecordIn
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +138,63 @@ def accept_existing(runtime: Runtime, tracklet_id: str, identity: str, content_h
             )
         _index(runtime, [stored])
     return stored
+
+
+def records_from_batch(runtime: Runtime, items: Sequence[BatchRecordIn], first: int = 0) -> list[Record]:
+    """Check precomputed descriptors against the served checkpoint and make their records.
+
+    Raises ``ApiError`` (422) naming ``records[i]`` (``i`` counted from ``first``) for a wrong
+    fingerprint or dimension, a NaN or a descriptor that is not unit-norm."""
+    dim = runtime.encoder.dim
+    fingerprint = runtime.encoder.fingerprint
+    records: list[Record] = []
+    for i, item in enumerate(items, start=first):
+        where = f"records[{i}]"
+        if item.fingerprint != fingerprint:
+            raise ApiError(
+                422,
+                "fingerprint_mismatch",
+                f"{where} was made with checkpoint {item.fingerprint}; this gallery holds descriptors of "
+                f"checkpoint {fingerprint} (descriptors of different checkpoints are not comparable)",
+                field=f"{where}.fingerprint",
+            )
+        if len(item.descriptor) != dim:
+            raise ApiError(
+                422,
+                "dimension_mismatch",
+                f"{where}.descriptor has {len(item.descriptor)} values; this checkpoint makes {dim}-d descriptors",
+                field=f"{where}.descriptor",
+            )
+        vec = np.asarray(item.descriptor, dtype=np.float32)
+        if not np.all(np.isfinite(vec)):
+            raise ApiError(
+                422, "non_finite_descriptor", f"{where}.descriptor contains NaN or infinity", field=f"{where}.descriptor"
+            )
+        norm = float(np.linalg.norm(vec.astype(np.float64)))
+        if not math.isclose(norm, 1.0, abs_tol=1e-3):
+            raise ApiError(
+                422,
+                "invalid_descriptor",
+                f"{where}.descriptor must be L2-normalised (norm {norm:.6g})",
+                field=f"{where}.descriptor",
+            )
+        records.append(
+            Record(
+                tracklet_id=item.tracklet_id,
+                identity=item.identity,
+                num_frames=item.num_frames,
+                fingerprint=item.fingerprint,
+                descriptor=vec,
+                content_hash=descriptor_content_hash(
+                    vec, item.identity, item.camera, item.platform, item.session, item.metadata
+                ),
+                camera=item.camera,
+                platform=item.platform,
+                session=item.session,
+                metadata=item.metadata,
+            )
+        )
+    return records
 
 
 def commit_batch(runtime: Runtime, records: list[Record]) -> list[PutResult]:

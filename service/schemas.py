@@ -16,7 +16,7 @@ from pydantic import (
     field_validator,
 )
 
-from index.store import Record
+from index.store import Job, Record
 
 
 # Ids appear in URL paths (GET /tracklets/{id}) and must come back unchanged through any URL
@@ -377,3 +377,42 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     tracklets: int | None = None
+
+
+class JobIn(BaseModel):
+    """A long job for ``POST /v1/jobs``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(min_length=1, max_length=64, description="what to run: `import` (service.jobs)")
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the kind's parameters; import: `source`, a JSON-lines file (one record of POST "
+        "/v1/tracklets/batch per line) relative to the server's import directory",
+    )
+
+
+class JobOut(BaseModel):
+    """A job and how far it got. ``state``: queued, running, succeeded or failed."""
+
+    id: str
+    kind: str
+    state: str
+    params: dict[str, Any]
+    progress: dict[str, Any] = Field(
+        description="import: offset / bytes_total (bytes read of the file), lines, records, created, existing"
+    )
+    error: dict[str, Any] | None = Field(description="why it failed: `error` (a stable code) and `message`")
+    created_at: float = Field(description="seconds since the epoch, like a tracklet's created_at")
+    updated_at: float
+
+    @staticmethod
+    def from_job(job: Job) -> JobOut:
+        return JobOut(id=job.id, kind=job.kind, state=job.state, params=job.params, progress=job.progress,
+                      error=job.error, created_at=job.created_at, updated_at=job.updated_at)
+
+
+class JobPage(BaseModel):
+    """The newest jobs, newest first."""
+
+    items: list[JobOut]

@@ -30,6 +30,7 @@ _FLAGS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--max-batch",), {"type": int, "help": "tracklets per model call; 1 disables micro-batching (SASREID_MAX_BATCH)"}),
     (("--max-wait-ms",), {"type": float, "help": "micro-batch fill time (SASREID_MAX_WAIT_MS)"}),
     (("--snapshot-dir",), {"help": "FAISS snapshot directory for fast restarts (SASREID_SNAPSHOT_DIR)"}),
+    (("--import-dir",), {"help": "directory of the JSON-lines files import jobs read (SASREID_IMPORT_DIR; unset: no import jobs)"}),
     (("--sync-interval",), {"type": float, "help": "seconds between polls of the store's change feed so replicas on one store see each other's writes; 0 = off (SASREID_SYNC_INTERVAL, default 0.25)"}),
 ]
 

@@ -134,6 +134,17 @@ def _checks(fingerprint: str) -> dict[str, Callable[[str], None]]:
     def delete_identity(out: str) -> None:
         assert _json(out) == {"identity": "alice", "deleted": ["alice_cam1"]}
 
+    def start_import_job(out: str) -> None:
+        job = _json(out)
+        assert job["kind"] == "import" and job["state"] in ("queued", "running")
+        assert job["params"] == {"source": "more-descriptors.jsonl"}
+
+    def follow_import_job(out: str) -> None:
+        job = _json(out)
+        assert job["state"] == "succeeded", job
+        assert {k: job["progress"][k] for k in ("records", "created", "existing")} == {
+            "records": 2, "created": 2, "existing": 0}
+
     return {
         "readyz": readyz,
         "deprecated alias": deprecated_alias,
@@ -156,6 +167,8 @@ def _checks(fingerprint: str) -> dict[str, Callable[[str], None]]:
         "metrics": metrics,
         "delete tracklet": delete_tracklet,
         "delete identity": delete_identity,
+        "start import job": start_import_job,
+        "follow import job": follow_import_job,
     }
 
 
@@ -176,6 +189,12 @@ def _workdir(root: Path, checkpoint: Path, fingerprint: str, dim: int, make_imag
         records.append({"tracklet_id": f"{name}_1", "identity": name, "platform": "aerial", "camera": "cam5",
                         "descriptor": (vec / np.linalg.norm(vec)).tolist(), "fingerprint": fingerprint})
     (root / "descriptors.json").write_text(json.dumps(records))
+    (root / "imports").mkdir()
+    with (root / "imports" / "more-descriptors.jsonl").open("w") as f:
+        for name in ("imported_c", "imported_d"):
+            vec = rng.standard_normal(dim)
+            f.write(json.dumps({"tracklet_id": f"{name}_1", "identity": name, "descriptor": (vec / np.linalg.norm(vec)).tolist(),
+                                "fingerprint": fingerprint}) + "\n")
 
 
 def test_readme_commands_work_as_written(

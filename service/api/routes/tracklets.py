@@ -7,7 +7,6 @@ import base64
 import binascii
 import hashlib
 import json
-import math
 import uuid
 from typing import Annotated
 
@@ -36,8 +35,8 @@ from service.enrollment import (
     commit_batch,
     commit_record,
     delete_tracklet,
-    descriptor_content_hash,
     frames_content_hash,
+    records_from_batch,
 )
 from service.runtime import Runtime
 from service.schemas import (
@@ -136,59 +135,6 @@ async def enroll(request: Request, response: Response, _: WriteAccess, runtime: 
     return TrackletOut.from_record(result.record)
 
 
-def _batch_records(runtime: Runtime, items: list[BatchRecordIn]) -> list[Record]:
-    dim = runtime.encoder.dim
-    fingerprint = runtime.encoder.fingerprint
-    records: list[Record] = []
-    for i, item in enumerate(items):
-        where = f"records[{i}]"
-        if item.fingerprint != fingerprint:
-            raise ApiError(
-                422,
-                "fingerprint_mismatch",
-                f"{where} was made with checkpoint {item.fingerprint}; this gallery holds descriptors of "
-                f"checkpoint {fingerprint} (descriptors of different checkpoints are not comparable)",
-                field=f"{where}.fingerprint",
-            )
-        if len(item.descriptor) != dim:
-            raise ApiError(
-                422,
-                "dimension_mismatch",
-                f"{where}.descriptor has {len(item.descriptor)} values; this checkpoint makes {dim}-d descriptors",
-                field=f"{where}.descriptor",
-            )
-        vec = np.asarray(item.descriptor, dtype=np.float32)
-        if not np.all(np.isfinite(vec)):
-            raise ApiError(
-                422, "non_finite_descriptor", f"{where}.descriptor contains NaN or infinity", field=f"{where}.descriptor"
-            )
-        norm = float(np.linalg.norm(vec.astype(np.float64)))
-        if not math.isclose(norm, 1.0, abs_tol=1e-3):
-            raise ApiError(
-                422,
-                "invalid_descriptor",
-                f"{where}.descriptor must be L2-normalised (norm {norm:.6g})",
-                field=f"{where}.descriptor",
-            )
-        records.append(
-            Record(
-                tracklet_id=item.tracklet_id,
-                identity=item.identity,
-                num_frames=item.num_frames,
-                fingerprint=item.fingerprint,
-                descriptor=vec,
-                content_hash=descriptor_content_hash(
-                    vec, item.identity, item.camera, item.platform, item.session, item.metadata
-                ),
-                camera=item.camera,
-                platform=item.platform,
-                session=item.session,
-                metadata=item.metadata,
-            )
-        )
-    return records
-
-
 @router.post(
     "/batch",
     response_model=BatchResult,
@@ -214,7 +160,7 @@ async def import_batch(request: Request, response: Response, _: WriteAccess, run
         raise ApiError(
             413, "too_many_records", f"{len(items)} records; send at most {limit} per request", field="records"
         )
-    records = await run_in_threadpool(_batch_records, runtime, items)
+    records = await run_in_threadpool(records_from_batch, runtime, items)
     results = await run_in_threadpool(commit_batch, runtime, records)
     created = sum(1 for r in results if r.created)
     response.status_code = 201 if created else 200
