@@ -86,6 +86,7 @@ _BLOCK = 2048  # rows/columns of one block of the N x N distance matrix
 _ROW_CHUNK = 4096  # rows whose k-reciprocal sets are built at once
 _GATHER_CHUNK = 8192  # descriptor pairs gathered at once for direct distances
 _PAIR_CHUNK = 1 << 22  # (query entry, gallery entry) pairs per Jaccard chunk
+_SUM_CHUNK = 1 << 24  # values of one dense [rows, G] block of Jaccard sums (64 MiB in float32)
 
 
 def _half(k1: int) -> int:
@@ -298,8 +299,10 @@ def _jaccard_min(v: _CSR, q_rows: Tensor, g_rows: Tensor, m: int) -> Iterator[tu
     a = 0
     while a < len(q_rows):
         done = cum[a - 1] if a else 0
-        b = a + 1
-        while b < len(q_rows) and cum[b] - done <= _PAIR_CHUNK:
+        # Bounded by pairs (the gathered work) and by rows (the dense [b - a, G] block of sums,
+        # which at G = 50k would otherwise reach ~1 GB beside the 2 GB answer).
+        b, b_max = a + 1, min(len(q_rows), a + max(1, _SUM_CHUNK // max(ng, 1)))
+        while b < b_max and cum[b] - done <= _PAIR_CHUNK:
             b += 1
         e0, e1, total = entry_ptr[a], entry_ptr[b], cum[b - 1] - done
         lens = n_pairs[e0:e1]

@@ -101,6 +101,29 @@ def test_k_reciprocal_blocked_paths_match_reference(monkeypatch):
     np.testing.assert_allclose(k_reciprocal(qf, gf), expected, rtol=0, atol=1e-10)
 
 
+def test_k_reciprocal_jaccard_sums_are_chunked_by_rows_and_match_reference(monkeypatch):
+    # Pairs never fill a chunk here, so only the bound on the dense [rows, G] block splits the
+    # queries: 3 rows of 140 gallery columns at a time (at G = 50k it keeps ~1 GB out of memory).
+    monkeypatch.setattr(rerank, "_PAIR_CHUNK", 1 << 30)
+    monkeypatch.setattr(rerank, "_SUM_CHUNK", 3 * 140)
+    rng = np.random.default_rng(6)
+    centres = rng.normal(size=(10, 12))
+    qf, _ = clustered(rng, 25, 12, centres)
+    gf, _ = clustered(rng, 140, 12, centres)
+    sizes = []
+    real = rerank._jaccard_min
+
+    def spy(*args, **kwargs):
+        for a, b, block in real(*args, **kwargs):
+            sizes.append(b - a)
+            yield a, b, block
+
+    monkeypatch.setattr(rerank, "_jaccard_min", spy)
+    expected, _ = reference_rerank(qf, gf, 20, 6, 0.3)
+    np.testing.assert_allclose(k_reciprocal(qf, gf), expected, rtol=0, atol=1e-10)
+    assert max(sizes) == 3 and sum(sizes) == 25
+
+
 def test_k_reciprocal_degenerate_inputs():
     same = np.ones((4, 8))
     out = k_reciprocal(same[:1], same)
