@@ -10,7 +10,8 @@ Parts (``--parts``, default all three):
   the VReID-XFD organisers' scorer, plus every descriptor branch alone (v_i, h_M, f_S, fused)
   from the same descriptors; the first seed's descriptors also rank a small re-ranking grid (k1,
   k2), the validation behind the re-ranking defaults;
-- ``ablation``: ``--no-mgtm``, ``--no-prsd``, ``--no-memory`` and the papers' training settings
+- ``ablation``: ``--no-mgtm``, ``--no-prsd``, ``--no-memory``, ``--input-norm dataset`` (frames
+  normalised by the dataset mean and std only, as before the per-frame standardisation) and the papers' training settings
   (memory on raw v_i at tau 1, branch gradients into the backbone) on the same recipe and
   budget (``--ablation-epochs``, default the recipe's), first seed; the full model is the default
   recipe's first-seed run when the budgets agree, else trained at the ablation budget too.
@@ -56,6 +57,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "--no-mgtm": {"mgtm": False},
     "--no-prsd": {"prsd": False},
     "--no-memory": {"memory": False},
+    "--input-norm dataset (no per-frame standardisation)": {"input_norm": "dataset"},
     "papers' training settings (--memory-input raw --memory-temperature 1 --branch-grad full)":
         {"memory_input": "raw", "memory_temperature": 1.0, "branch_grad": "full"},
 }

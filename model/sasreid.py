@@ -61,6 +61,19 @@ def unique_frames(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | N
     return new, torch.cumsum(new.long(), dim=0) - 1
 
 
+def standardise_frames(frames: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """Per-frame, per-channel standardisation ``(x - mean_hw x) / sqrt(var_hw x + eps)``.
+
+    ``frames: [..., 3, H, W]`` -> same shape. The result does not change when a frame's channels
+    are multiplied by positive gains and shifted by offsets (``a_c x_c + b_c``, the diagonal model
+    of a camera's white balance and exposure), so a descriptor built on it cannot tell two cameras
+    apart by their colour cast; ``eps`` keeps a near-uniform frame from being amplified to noise.
+    """
+    mean = frames.mean(dim=(-2, -1), keepdim=True)
+    var = frames.var(dim=(-2, -1), keepdim=True, unbiased=False)
+    return (frames - mean) * torch.rsqrt(var + eps)
+
+
 class BNNeck(nn.Module):
     """BatchNorm with a frozen zero bias between the metric feature and the classifier."""
 
@@ -189,12 +202,18 @@ class SASVPReID(nn.Module):
         plat = None if platform is None else platform.to(frames.device).repeat_interleave(t)
         traced = torch.jit.is_tracing() or torch.compiler.is_compiling() or frames.is_meta
         dedup = None if traced else unique_frames(frames)
+        flat = frames.flatten(0, 1)
         if dedup is None:
-            return self.backbone(frames.flatten(0, 1), cam, plat)
+            return self.backbone(self._input(flat), cam, plat)
         new, index = dedup
-        f, tokens = self.backbone(frames.flatten(0, 1)[new], None if cam is None else cam[new],
+        f, tokens = self.backbone(self._input(flat[new]), None if cam is None else cam[new],
                                   None if plat is None else plat[new])
         return f[index], tokens[index]
+
+    def _input(self, frames: torch.Tensor) -> torch.Tensor:
+        """The backbone's input: dataset-normalised frames, standardised per frame when
+        ``cfg.input_norm == "frame"``."""
+        return standardise_frames(frames) if self.cfg.input_norm == "frame" else frames
 
     @torch.no_grad()
     def embed(self, frames: torch.Tensor, camera: torch.Tensor | None = None,

@@ -83,6 +83,7 @@ class TrainConfig:
     branch_grad: Literal["detach", "scale", "full"] | None = None  # None: the model config's
     branch_grad_scale: float | None = None
     descriptor_weights: tuple[float, float, float] | None = None  # (v_i, h_M, f_S); None: model's
+    input_norm: Literal["dataset", "frame"] | None = None  # None: the model config's
     trainable_blocks: int | Literal["all"] = "all"
     temporal_pool: Literal["mean", "attention"] = "mean"
     side_info: Literal["none", "camera", "platform", "both"] = "none"
@@ -189,6 +190,7 @@ class TrainConfig:
             descriptor = dataclasses.replace(descriptor, v_weight=v, h_weight=h, s_weight=s)
         return dataclasses.replace(cfg, mevb=mevb, mgtm=mgtm, backbone=backbone, prsd=prsd, descriptor=descriptor,
                                    eval_frames=_given(self.eval_frames, cfg.eval_frames),
+                                   input_norm=_given(self.input_norm, cfg.input_norm),
                                    branch_grad=_given(self.branch_grad, cfg.branch_grad),
                                    branch_grad_scale=_given(self.branch_grad_scale, cfg.branch_grad_scale))
 

@@ -111,6 +111,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--branch-grad-scale", type=float, default=None, help="factor for --branch-grad scale")
     m.add_argument("--descriptor-weights", type=_weights, default=None,
                    help="weights of v_i,h_M,f_S in the descriptor, e.g. 1,0.5,0 (0 leaves a branch out)")
+    m.add_argument("--input-norm", choices=("dataset", "frame"), default=None,
+                   help="frame: standardise each frame's channels inside the model (camera colour cast)")
     m.add_argument("--trainable-blocks", type=_blocks, default=None, help="train only the last N ViT blocks, or all")
     m.add_argument("--temporal-pool", choices=("mean", "attention"), default=None, help="v_i pooling")
     m.add_argument("--side-info", choices=("none", "camera", "platform", "both"), default=None,
