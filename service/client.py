@@ -197,6 +197,27 @@ class SasreidClient:
         flush()
         return BatchTotals(created=created, existing=existing, requests=requests)
 
+    # ---- jobs --------------------------------------------------------------------------------
+    def start_import_job(self, source: str) -> dict[str, Any]:
+        """``POST /v1/jobs``: import the JSON-lines file ``source`` (relative to the server's
+        ``--import-dir``) in the background; returns the job (``id``, ``state``, ``progress``)."""
+        return self._call("POST", "/jobs", json={"kind": "import", "params": {"source": source}}).json()
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/jobs/{_quote(job_id)}").json()
+
+    def wait_job(self, job_id: str, timeout: float = 3600.0, interval: float = 0.5) -> dict[str, Any]:
+        """Poll ``GET /v1/jobs/{id}`` until the job succeeded or failed (``TimeoutError`` after
+        ``timeout`` seconds); returns the finished job."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get_job(job_id)
+            if job["state"] in ("succeeded", "failed"):
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['state']} after {timeout}s: {job['progress']}")
+            time.sleep(interval)
+
     def get_tracklet(self, tracklet_id: str) -> dict[str, Any]:
         return self._call("GET", f"/tracklets/{_quote(tracklet_id)}").json()
 

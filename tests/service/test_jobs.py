@@ -81,13 +81,14 @@ def test_import_job_runs_in_the_background_and_reports_progress(server, checkpoi
         q = http.post("/v1/query", json={"tracklet_id": "imp_17", "top_k": 7}, headers=headers(READ_KEY))
         assert q.status_code == 200, q.text
         assert sum(len(r["tracklets"]) for r in q.json()["results"]) > 0
-        # The same file again: idempotent, every record already stored.
-        again = http.post("/v1/jobs", json={"kind": "import", "params": {"source": "./batch.jsonl"}}, headers=headers())
-        assert again.json()["params"] == {"source": "batch.jsonl"}
-        second = wait_job(http, again.headers["location"])
+        # The same file again, through the Python client: idempotent, every record already stored.
+        with s.client() as client:
+            again = client.start_import_job("./batch.jsonl")
+            assert again["params"] == {"source": "batch.jsonl"}
+            second = client.wait_job(again["id"], timeout=120, interval=0.05)
         assert (second["state"], second["progress"]["created"], second["progress"]["existing"]) == ("succeeded", 0, 30)
         listed = http.get("/v1/jobs", headers=headers(READ_KEY)).json()["items"]
-        assert [j["id"] for j in listed] == [again.json()["id"], job["id"]]
+        assert [j["id"] for j in listed] == [again["id"], job["id"]]
         assert len(rows) == 30 and s.client().stats()["tracklets"] == 30
 
 
