@@ -94,7 +94,9 @@ def test_every_api_route_is_versioned_and_the_old_paths_are_deprecated_aliases(l
     assert all(not operations[(m, p)].get("deprecated") for m, p in versioned | {("get", u) for u in UNVERSIONED})
     # Every old path is a deprecated alias of a /v1 route; the routes added with /v1 have none.
     assert legacy and all(operations[op].get("deprecated") is True for op in legacy)
-    assert {(m, "/v1" + p) for m, p in legacy} == versioned - {("get", "/v1/tracklets"), ("post", "/v1/query/batch")}
+    new_with_v1 = {("get", "/v1/tracklets"), ("post", "/v1/query/batch"), ("post", "/v1/jobs"), ("get", "/v1/jobs"),
+                   ("get", "/v1/jobs/{job_id}")}
+    assert {(m, "/v1" + p) for m, p in legacy} == versioned - new_with_v1
     for probe in UNVERSIONED:
         assert httpx.get(f"{live.url}/v1{probe}").status_code == 404
 
