@@ -1,4 +1,4 @@
-"""Service benchmark over HTTP on loopback: query latency, bulk import, enrollment, micro-batching.
+"""Service benchmark over HTTP on loopback: query latency and bulk import.
 
 What it does (each server is ``sasreid serve`` in a subprocess with the tiny checkpoint, SQLite):
 
@@ -9,10 +9,7 @@ What it does (each server is ``sasreid serve`` in a subprocess with the tiny che
    seconds, ``--concurrency`` client threads) of ``POST /query`` by enrolled ``tracklet_id``
    (search only), with and without re-ranking, and a smaller load of queries with 8 uploaded
    frames (decode + embed + search); reports client-side p50/p99 latency and throughput;
-3. enrollment throughput (``POST /tracklets`` with 8-frame tracklets, concurrent clients) on
-   two servers side by side, micro-batching on (``--max-batch 8``) and off (``--max-batch 1``),
-   in alternating rounds, with the mean model batch size read from ``/metrics``; and the model's
-   own per-tracklet cost at batch 1 and 8, in process.
+3. enrollment throughput is measured by ``bench/enroll_throughput.py`` (its own section).
 
 Writes the section "## Service latency (CPU)" of bench/RESULTS.md (``--no-write`` to skip).
 Usage: ``python bench/bench_service.py`` (about 5-10 minutes on 2 cores).
@@ -202,9 +199,6 @@ def main() -> int:
     parser.add_argument("--frame-queries", type=int, default=40, help="queries per load with uploaded frames")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per load at most")
-    parser.add_argument("--enroll", type=int, default=48, help="tracklets enrolled per micro-batching mode")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per micro-batching mode")
-    parser.add_argument("--enroll-concurrency", type=int, default=8)
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md")
     args = parser.parse_args()
@@ -274,60 +268,6 @@ def main() -> int:
     finally:
         server.stop()
 
-    # ---- enrollment throughput, micro-batching on vs off -----------------------------------------
-    # Both servers run side by side and the loads alternate (on, off, on, off, ...), so a change in
-    # the machine's background load hits both modes alike.
-    enroll_rows: list[str] = []
-    modes = (("on (max_batch 8, max_wait 5 ms)", 8), ("off (max_batch 1)", 1))
-    servers = {mb: Server(checkpoint, f"sqlite:///{tmp / f'enroll{mb}.sqlite'}", tmp / "enroll.log",
-                          ["--max-batch", str(mb), "--max-wait-ms", "5"]) for _, mb in modes}
-    per_round = max(1, args.enroll // args.rounds)
-    uploads = [frames(i) for i in range(per_round * args.rounds)]
-    runs: dict[int, list[LoadResult]] = {mb: [] for _, mb in modes}
-    try:
-        for r in range(args.rounds):
-            for _, mb in modes:
-                base = r * per_round
-
-                def enroll(c: SasreidClient, i: int, base: int = base) -> dict[str, Any]:
-                    c.enroll(uploads[base + i], f"p{base + i}", tracklet_id=f"e{base + i}")
-                    return {}
-
-                res = run_load(enroll, servers[mb].url, per_round, args.enroll_concurrency, 10 * args.time_limit)
-                runs[mb].append(res)
-                print(f"round {r} max_batch {mb}: {res.throughput:.2f} tracklets/s", flush=True)
-        for label, mb in modes:
-            rates = [res.throughput for res in runs[mb]]
-            latencies = [ms for res in runs[mb] for ms in res.latencies_ms]
-            done = LoadResult(latencies, {}, sum(res.errors for res in runs[mb]), 1.0)
-            enroll_rows.append(
-                f"| {label} | {args.enroll_concurrency} | {len(latencies)} | {statistics.median(rates):.2f} "
-                f"| {' / '.join(f'{x:.2f}' for x in rates)} | {done.pct(50):.0f} | {done.pct(99):.0f} "
-                f"| {mean_batch_size(servers[mb].url):.2f} | {done.errors} |"
-            )
-            print(enroll_rows[-1], flush=True)
-    finally:
-        for srv in servers.values():
-            srv.stop()
-
-    # The model's own cost per tracklet at batch 1 and 8 explains what micro-batching can gain here.
-    from service.encoders import TorchEncoder
-
-    encoder = TorchEncoder(checkpoint)
-    h, w = encoder.input_size
-    per_tracklet: dict[int, float] = {1: float("inf"), 8: float("inf")}
-    inputs = {b: np.random.default_rng(b).standard_normal((b, 8, 3, h, w)).astype(np.float32) for b in per_tracklet}
-    for x in inputs.values():
-        encoder.encode(x)  # warm-up
-    for _ in range(3):  # alternating, best of 3: the machine is shared
-        for b, x in inputs.items():
-            t0 = time.perf_counter()
-            encoder.encode(x)
-            per_tracklet[b] = min(per_tracklet[b], (time.perf_counter() - t0) / b * 1e3)
-    model_line = (f"In-process model cost per 8-frame tracklet (best of 3): {per_tracklet[1]:.0f} ms at batch 1, "
-                  f"{per_tracklet[8]:.0f} ms at batch 8 (torch CPU, {torch.get_num_threads()} threads).")
-    print(model_line, flush=True)
-
     load_end = os.getloadavg()
     lines += [
         f"Command: `{command.strip()}` · date: {time.strftime('%Y-%m-%d %H:%M')}.",
@@ -354,15 +294,7 @@ def main() -> int:
         "`search ms` / `rerank ms` are the server's `timings_ms` (re-ranking: extra time of the re-ranked "
         "search over the plain one). Queries by tracklet_id skip decoding and embedding.",
         "",
-        f"### Enrollment throughput (POST /tracklets, 8-frame JPEG tracklets of 128x64, {args.rounds} "
-        "alternating rounds per mode)",
-        "",
-        "| micro-batching | clients | tracklets | median tracklets/s | per round | p50 ms | p99 ms | mean model batch "
-        "| errors |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|",
-        *enroll_rows,
-        "",
-        model_line,
+        "Enrollment throughput: `bench/enroll_throughput.py`, section \"Enrollment throughput (CPU)\".",
     ]
     report = "\n".join(lines)
     print(report)
