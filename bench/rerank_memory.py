@@ -2,11 +2,11 @@
 
 Writes the section "Exact re-ranking beyond 10k (CPU)" of bench/RESULTS.md. Each row runs in a
 fresh subprocess (bench.bench_index's data: synthetic clustered 768-d descriptors, Q = G/5; peak
-RSS read from VmHWM). For each size, ``index.rerank.k_reciprocal`` runs twice in
-the same process: as before this change (the dense [rows, G] block of Jaccard sums bounded by pairs
-only: ``_SUM_CHUNK`` unbounded) and as now (that block also bounded by rows, 64 MiB), and the two
-answers are compared element by element. Reference: the same FLOPs as one N x N distance product
-(N = Q + G, blocks of 2048 rows, each block discarded), timed in the same process.
+RSS read from VmHWM). For each size, ``k_reciprocal`` runs in two fresh
+processes: ``index/rerank.py`` as it was at ``--before`` (git revision; default the commit before
+the memory changes) and as it is now; the parent compares the two saved answers element by
+element. Reference: the same FLOPs as one N x N distance product (N = Q + G, blocks of 2048 rows,
+each block discarded), timed in the process of the current implementation.
 
     python bench/rerank_memory.py               # G = 10k (Q 2k) and G = 50k (Q 10k)
     python bench/rerank_memory.py --sizes 5000  # quick
@@ -19,8 +19,10 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -31,6 +33,7 @@ from bench.bench_index import K1, K2, LAMBDA, make_data, measured  # noqa: E402
 from bench.results import RESULTS, command_line, machine_line, write_section  # noqa: E402
 
 TITLE = "Exact re-ranking beyond 10k (CPU)"
+BEFORE = "a53f24c"  # the last commit before the memory changes of issue 12, item 5
 
 
 def _total_peak_mb() -> float:
@@ -40,60 +43,74 @@ def _total_peak_mb() -> float:
     raise RuntimeError("VmHWM not in /proc/self/status")
 
 
-def task(g: int) -> dict:
+def _module_at(rev: str) -> ModuleType:
+    """``index/rerank.py`` as it was at git revision ``rev``, imported under another name."""
+    source = subprocess.run(["git", "show", f"{rev}:index/rerank.py"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout
+    module = ModuleType(f"rerank_at_{rev}")
+    sys.modules[module.__name__] = module  # dataclasses look their module up there
+    exec(compile(source, f"{rev}:index/rerank.py", "exec"), module.__dict__)
+    return module
+
+
+def task(g: int, variant: str, out: str) -> dict:
+    """One k_reciprocal run at gallery size ``g`` in this fresh process, of the working tree's
+    ``index.rerank`` (``variant="now"``) or of the one at git revision ``variant``; the answer is
+    saved to ``out`` (.npy) for the parent to compare."""
     import torch
 
     from index import rerank
     from index.metrics import evaluate_rank
 
     d = make_data(g)  # Q = G / 5 queries
-    qf, q_pid, q_cam = d["qf"], d["q_pid"], d["q_cam"]
-    gf = d["gf"]
+    qf, gf = d["qf"], d["gf"]
+    module = rerank if variant == "now" else _module_at(variant)
+    answer, seconds, peak = measured(lambda: module.k_reciprocal(qf, gf, K1, K2, LAMBDA))
+    result = {"G": len(gf), "Q": len(qf), "variant": variant, "time_s": seconds, "peak_mb": peak,
+              "process_peak_mb": _total_peak_mb(), "answer_mb": answer.nbytes / 2**20}
+    if variant == "now":
+        plain = evaluate_rank(2.0 - 2.0 * qf @ gf.T, d["q_pid"], d["g_pid"], d["q_cam"], d["g_cam"])
+        rr = evaluate_rank(answer, d["q_pid"], d["g_pid"], d["q_cam"], d["g_cam"])
+        x = torch.from_numpy(np.concatenate([qf, gf]))
 
-    def run() -> np.ndarray:
-        return rerank.k_reciprocal(qf, gf, K1, K2, LAMBDA)
+        def product() -> None:
+            for i0 in range(0, len(x), 2048):
+                torch.mm(x[i0:i0 + 2048], x.T)
 
-    inputs_mb = (qf.nbytes + gf.nbytes) / 2**20
-    answer_mb = len(qf) * len(gf) * 4 / 2**20
-    new, t_new, peak_new = measured(run)
-    total_new = _total_peak_mb()
-    plain = evaluate_rank(2.0 - 2.0 * qf @ gf.T, q_pid, d["g_pid"], q_cam, d["g_cam"])
-    rr = evaluate_rank(new, q_pid, d["g_pid"], q_cam, d["g_cam"])
-    bound = rerank._SUM_CHUNK
-    rerank._SUM_CHUNK = 1 << 62  # as before: only the pair count bounds a chunk
-    old, t_old, peak_old = measured(run)
-    rerank._SUM_CHUNK = bound
-    same = bool(np.array_equal(old, new))
-    max_diff = float(np.abs(old - new).max())
-    del old, new
-    x = torch.from_numpy(np.concatenate([qf, gf]))
-
-    def product() -> None:
-        for i0 in range(0, len(x), 2048):
-            torch.mm(x[i0:i0 + 2048], x.T)
-
-    _, t_mm, _ = measured(product)
-    t_mm = min(t_mm, measured(product)[1])
-    return {"G": len(gf), "Q": len(qf), "time_new_s": t_new, "time_old_s": t_old, "peak_new_mb": peak_new,
-            "peak_old_mb": peak_old, "total_peak_new_mb": total_new, "inputs_mb": inputs_mb, "answer_mb": answer_mb,
-            "identical": same, "max_abs_diff": max_diff, "product_s": t_mm, "mAP_plain": plain.mAP,
-            "mAP_rerank": rr.mAP}
+        result.update(mAP_plain=plain.mAP, mAP_rerank=rr.mAP,
+                      product_s=min(measured(product)[1], measured(product)[1]))
+    np.save(out, answer)
+    return result
 
 
-def run_worker(g: int) -> dict:
+def run_worker(g: int, variant: str, out: Path) -> dict:
     env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps({"g": g})]
-    print(f"  G={g} ...", flush=True)
+    spec = json.dumps({"g": g, "variant": variant, "out": str(out)})
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", spec]
+    print(f"  G={g} {variant} ...", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"worker G={g} failed:\n{proc.stderr}")
+        raise RuntimeError(f"worker G={g} {variant} failed:\n{proc.stderr}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"    {result}", flush=True)
     return result
 
 
-def render(rows: list[dict], command: str, load: tuple[str, str]) -> str:
+def measure_size(g: int, before_rev: str, tmp: Path) -> dict:
+    """Now and ``before_rev`` at gallery size ``g``, each in its own process, and whether they agree."""
+    now = run_worker(g, "now", tmp / "now.npy")
+    before = run_worker(g, before_rev, tmp / "before.npy")
+    a, b = np.load(tmp / "now.npy", mmap_mode="r"), np.load(tmp / "before.npy", mmap_mode="r")
+    diff = max(float(np.abs(a[i:i + 1000] - b[i:i + 1000]).max()) for i in range(0, len(a), 1000))
+    return {"G": now["G"], "Q": now["Q"], "answer_mb": now["answer_mb"], "time_new_s": now["time_s"],
+            "time_old_s": before["time_s"], "peak_new_mb": now["peak_mb"], "peak_old_mb": before["peak_mb"],
+            "total_peak_new_mb": now["process_peak_mb"], "total_peak_old_mb": before["process_peak_mb"],
+            "identical": diff == 0.0, "max_abs_diff": diff, "product_s": now["product_s"],
+            "mAP_plain": now["mAP_plain"], "mAP_rerank": now["mAP_rerank"]}
+
+
+def render(rows: list[dict], command: str, load: tuple[str, str], before: str) -> str:
     import torch
 
     lines = [
@@ -104,22 +121,24 @@ def render(rows: list[dict], command: str, load: tuple[str, str]) -> str:
         "upper bounds).",
         "",
         f"`index.rerank.k_reciprocal` (k1={K1}, k2={K2}, lambda={LAMBDA}) on synthetic clustered 768-d unit descriptors "
-        "(bench/bench_index.py's data), float32, each size in a fresh process. *before*: the dense block of "
-        "Jaccard sums bounded by the number of (query entry, gallery entry) pairs only; *now*: also by rows, "
-        "64 MiB per block. Peak = growth of the process's peak RSS (VmHWM) over its RSS before the call "
-        "(the inputs are already loaded); process peak = the whole process's VmHWM after the *now* run (Python, "
-        "torch, inputs, answer). The answer itself is a dense float32 [Q, G] array. Reference: the FLOPs of one "
+        f"(bench/bench_index.py's data), float32. *before*: `index/rerank.py` at `{before}` (the dense block of "
+        "Jaccard sums bounded by the number of (query entry, gallery entry) pairs only, and the augmented "
+        "[x, |x|^2, 1] rows of the distance products made for all N at once); *now*: both per block "
+        "(Jaccard sums at most 64 MiB), the gallery side of the Jaccard step in int32 ids, 1M pairs per "
+        "chunk instead of 4M; each variant in its own fresh process. MB = MiB. Peak = growth of the process's peak RSS "
+        "(VmHWM) over its RSS before the call (the inputs are already loaded); process peak = the whole "
+        "process's VmHWM after the call (Python, torch, inputs, answer). The answer itself is a dense float32 [Q, G] array. Reference: the FLOPs of one "
         "N x N distance product (N = Q + G) in blocks of 2048 rows, same process.",
         "",
-        "| G | Q | answer (MB) | peak before (MB) | peak now (MB) | process peak now (MB) | time before (s) | "
-        "time now (s) | N x N product (s) | now / product | same answer | mAP plain | mAP re-ranked |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|",
+        "| G | Q | answer (MB) | peak before (MB) | peak now (MB) | process peak before (MB) | process peak now (MB) | "
+        "time before (s) | time now (s) | N x N product (s) | now / product | same answer | mAP plain | mAP re-ranked |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|",
     ]
     for r in rows:
         same = "yes (bit-identical)" if r["identical"] else f"max diff {r['max_abs_diff']:.2e}"
         lines.append(
             f"| {r['G']:,} | {r['Q']:,} | {r['answer_mb']:,.0f} | {r['peak_old_mb']:,.0f} | {r['peak_new_mb']:,.0f} | "
-            f"{r['total_peak_new_mb']:,.0f} | {r['time_old_s']:.1f} | {r['time_new_s']:.1f} | {r['product_s']:.1f} | "
+            f"{r['total_peak_old_mb']:,.0f} | {r['total_peak_new_mb']:,.0f} | {r['time_old_s']:.1f} | {r['time_new_s']:.1f} | {r['product_s']:.1f} | "
             f"{r['time_new_s'] / r['product_s']:.2f}x | {same} | {r['mAP_plain']:.4f} | {r['mAP_rerank']:.4f} |"
         )
     return "\n".join(lines)
@@ -128,6 +147,7 @@ def render(rows: list[dict], command: str, load: tuple[str, str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,50000", help="gallery sizes G (Q = G / 5), comma-separated")
+    parser.add_argument("--before", default=BEFORE, help=f"git revision of the reference implementation (default {BEFORE})")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -136,9 +156,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     sizes = [int(v) for v in args.sizes.split(",")]
     load0 = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    rows = [run_worker(g) for g in sizes]
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [measure_size(g, args.before, Path(tmp)) for g in sizes]
     load1 = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    text = render(rows, command_line("bench/rerank_memory.py", argv), (load0, load1))
+    text = render(rows, command_line("rerank_memory.py", argv), (load0, load1), args.before)
     write_section(TITLE, text, RESULTS)
     print(text)
 

@@ -85,7 +85,7 @@ PairDistance = Callable[[Tensor, Tensor], Tensor]
 _BLOCK = 2048  # rows/columns of one block of the N x N distance matrix
 _ROW_CHUNK = 4096  # rows whose k-reciprocal sets are built at once
 _GATHER_CHUNK = 8192  # descriptor pairs gathered at once for direct distances
-_PAIR_CHUNK = 1 << 22  # (query entry, gallery entry) pairs per Jaccard chunk
+_PAIR_CHUNK = 1 << 20  # (query entry, gallery entry) pairs per Jaccard chunk (~50 MB of temporaries)
 _SUM_CHUNK = 1 << 24  # values of one dense [rows, G] block of Jaccard sums (64 MiB in float32)
 
 
@@ -283,11 +283,17 @@ def _jaccard_min(v: _CSR, q_rows: Tensor, g_rows: Tensor, m: int) -> Iterator[tu
     """
     dev = v.cols.device
     ng = len(g_rows)
+    # The gallery side holds every gallery row's entries (about G * k2 * 1.5 * k1 of them) through
+    # the whole loop: int32 ids and prompt frees keep it to a third of the int64 form.
     g_owner, g_cols, g_vals = _gather_rows(v, g_rows)
+    g_cols = g_cols.to(torch.int32)
+    g_owner = g_owner.to(torch.int32)
     order = torch.argsort(g_cols, stable=True)
-    g_owner, g_vals = _take(g_owner, order), _take(g_vals, order)
     col_ptr = torch.zeros(m + 2, dtype=torch.int64, device=dev)
     col_ptr[1:] = torch.cumsum(torch.bincount(g_cols, minlength=m + 1), 0)
+    del g_cols
+    g_owner, g_vals = _take(g_owner, order), _take(g_vals, order)
+    del order
     q_owner, q_cols, q_vals = _gather_rows(v, q_rows)
     starts = _take(col_ptr, q_cols)
     n_pairs = _take(col_ptr, q_cols + 1) - starts
@@ -370,17 +376,26 @@ def _exact_lists(x: Tensor, num_q: int, width: int) -> tuple[_Lists, Tensor]:
     dev, dt = x.device, x.dtype
     sq = (x * x).sum(1, keepdim=True)
     one = torch.ones_like(sq)
+
     # [x, |x|^2, 1] . [-2y, 1, |y|^2] = |x - y|^2: the whole distance block comes out of one product.
-    left, right = torch.cat([x, sq, one], 1), torch.cat([-2.0 * x, one, sq], 1)
+    # The augmented rows are made per block, not for all N at once: two N x (d + 2) copies would
+    # sit beside the [Q, G] answer (370 MB at N = 60k, d = 768).
+    def left(a: int, b: int) -> Tensor:
+        return torch.cat([x[a:b], sq[a:b], one[a:b]], 1)
+
+    def right(a: int, b: int) -> Tensor:
+        return torch.cat([-2.0 * x[a:b], one[a:b], sq[a:b]], 1)
+
     best_v = torch.full((n, width), float("inf"), dtype=dt, device=dev)
     best_i = torch.full((n, width), n, dtype=torch.int64, device=dev)
     rowmax = torch.zeros(n, dtype=dt, device=dev)
     qg = torch.empty((num_q, n - num_q), dtype=dt, device=dev)
     for i0 in range(0, n, _BLOCK):
         i1 = min(i0 + _BLOCK, n)
+        rows = left(i0, i1)
         for j0 in range(i0, n, _BLOCK):
             j1 = min(j0 + _BLOCK, n)
-            d = left[i0:i1] @ right[j0:j1].T
+            d = rows @ right(j0, j1).T
             if i0 == j0:
                 d.diagonal().zero_()
             rowmax[i0:i1] = torch.maximum(rowmax[i0:i1], d.amax(1))
@@ -432,7 +447,9 @@ def k_reciprocal(
     numpy in -> numpy out; torch in -> torch out on the input's device (CPU or CUDA). Computed in
     float64 when an input is float64, else float32. Exact ties at the k-th neighbour are broken
     arbitrarily (the standard's quicksort is unstable there too); elsewhere ties go by index.
-    Memory is O(N * k1^2 + Q * G): no dense N x N array is formed.
+    Memory is O(N * k1^2 + Q * G): no dense N x N array is formed; beyond the [Q, G] answer and
+    one float copy of the descriptors, only bounded blocks (bench/RESULTS.md, "Exact re-ranking
+    beyond 10k").
     """
     _check_params(k1, k2, lambda_value)
     if isinstance(qf, np.ndarray) and isinstance(gf, np.ndarray):
