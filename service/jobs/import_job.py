@@ -73,7 +73,7 @@ class ImportJob(JobKind):
             while True:
                 items, first_line, lines, offset = _read_chunk(f, chunk, int(progress["lines"]))
                 if items:
-                    created = _store(runtime, items, first_line)
+                    created = _store(runtime, items, f"lines {first_line}-{lines}")
                     progress["created"] += created
                     progress["existing"] += len(items) - created
                     progress["records"] += len(items)
@@ -106,19 +106,20 @@ def _read_chunk(f: Any, chunk: int, lines: int) -> tuple[list[BatchRecordIn], in
     return items, first, lines, f.tell()
 
 
-def _store(runtime: Runtime, items: list[BatchRecordIn], first_line: int) -> int:
-    """Store one chunk (all or nothing); the number created. Raises ``JobFailed`` for a refusal
-    that a retry would meet again, ``StoreError`` / ``ApiError`` (5xx) for a transient one."""
+def _store(runtime: Runtime, items: list[BatchRecordIn], where: str) -> int:
+    """Store one chunk (all or nothing); the number created. Raises ``JobFailed`` (its message
+    starting with ``where``) for a refusal that a retry would meet again, ``StoreError`` /
+    ``ApiError`` (5xx) for a transient one."""
     try:
         records = records_from_batch(runtime, items)
         results = commit_batch(runtime, records)
     except ApiError as exc:
         if exc.status >= 500:
             raise
-        raise JobFailed(exc.error, f"lines {first_line}-{first_line + len(items) - 1}: {exc.message}") from None
+        raise JobFailed(exc.error, f"{where}: {exc.message}") from None
     except StoreError as exc:
         api = from_store_error(exc)
         if api.status >= 500:
             raise
-        raise JobFailed(api.error, f"lines {first_line}-{first_line + len(items) - 1}: {api.message}") from None
+        raise JobFailed(api.error, f"{where}: {api.message}") from None
     return sum(1 for r in results if r.created)
