@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -31,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from bench.results import machine_line, write_section  # noqa: E402
+from bench.results import machine_line, run_json_worker, write_section  # noqa: E402
 
 TITLE = "Metrics and re-ranking (CPU)"
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -320,16 +318,7 @@ TASKS: dict[str, Callable[..., dict]] = {
 
 def run_worker(task: str, **kwargs: object) -> dict:
     """Run one task in a fresh interpreter and return its JSON result."""
-    env = dict(os.environ)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps({"task": task, **kwargs})]
-    print(f"  {task} {kwargs} ...", flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"worker {task} {kwargs} failed:\n{proc.stderr}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"    {result}", flush=True)
-    return result
+    return run_json_worker(__file__, {"task": task, **kwargs})
 
 
 # ---- report --------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_index import K1, K2, LAMBDA, make_data, measured  # noqa: E402
-from bench.results import RESULTS, command_line, machine_line, write_section  # noqa: E402
+from bench.results import RESULTS, command_line, machine_line, run_json_worker, write_section  # noqa: E402
 
 TITLE = "Exact re-ranking beyond 10k (CPU)"
 BEFORE = "a53f24c"  # the last commit before the memory changes of issue 12, item 5
@@ -84,17 +83,7 @@ def task(g: int, variant: str, out: str) -> dict:
 
 
 def run_worker(g: int, variant: str, out: Path) -> dict:
-    env = dict(os.environ)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    spec = json.dumps({"g": g, "variant": variant, "out": str(out)})
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", spec]
-    print(f"  G={g} {variant} ...", flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"worker G={g} {variant} failed:\n{proc.stderr}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"    {result}", flush=True)
-    return result
+    return run_json_worker(__file__, {"g": g, "variant": variant, "out": str(out)})
 
 
 def measure_size(g: int, before_rev: str, tmp: Path) -> dict:

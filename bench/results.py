@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -64,3 +66,18 @@ def finished_runs_parser(doc: str, runs_help: str) -> argparse.ArgumentParser:
 def command_line(script: str, argv: list[str] | None) -> str:
     """``python bench/SCRIPT args...`` as run (``argv`` or the process's own arguments)."""
     return f"python bench/{script} " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+
+
+def run_json_worker(script: str | Path, spec: dict[str, object]) -> dict:
+    """``python SCRIPT --worker JSON(spec)`` in a fresh interpreter (so its peak memory is its
+    own); returns the JSON object on its last line of output, or raises with its stderr."""
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    cmd = [sys.executable, str(Path(script).resolve()), "--worker", json.dumps(spec)]
+    print(f"  {spec} ...", flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {spec} failed:\n{proc.stderr}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"    {result}", flush=True)
+    return result
