@@ -181,8 +181,9 @@ class Store(ABC):
         """The stored job, or None."""
 
     @abstractmethod
-    def list_jobs(self, limit: int = 100) -> list[Job]:
-        """The newest ``limit`` jobs, newest first."""
+    def list_jobs(self, limit: int = 100, unfinished: bool = False) -> list[Job]:
+        """The newest ``limit`` jobs, newest first; with ``unfinished`` only those queued or
+        running (what a runner polls for, without reading every finished job again)."""
 
     @abstractmethod
     def replace_job(self, job: Job) -> bool:

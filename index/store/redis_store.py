@@ -17,6 +17,7 @@ key                   type    content
                               score seq; the newest ``change_retention`` are kept
 ``P jobs``            hash    job id -> the job's JSON (``index.store.job``)
 ``P jobs:created``    zset    job ids by creation time (newest-first listing)
+``P jobs:open``       zset    the queued or running ones, by creation time
 ``P blob:<name>``     string  derived data (``Store.put_blob``, e.g. the re-ranking graph)
 ====================  ======  ==============================================================
 
@@ -107,18 +108,22 @@ end
 return last
 """
 
-# KEYS: jobs hash. ARGV: job id, expected version, new JSON. Compare-and-set of one job.
+# KEYS: jobs hash, jobs:open zset. ARGV: job id, expected version, new JSON, "1" when the new
+# state is finished. Compare-and-set of one job.
 _REPLACE_JOB = """
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 if not current then return 0 end
 if cjson.decode(current)['version'] ~= tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+if ARGV[4] == '1' then redis.call('ZREM', KEYS[2], ARGV[1]) end
 return 1
 """
-# KEYS: jobs hash, jobs:created zset. ARGV: job id, created_at, JSON. 0 when the id is taken.
+# KEYS: jobs hash, jobs:created zset, jobs:open zset. ARGV: job id, created_at, JSON, "1" when
+# finished. 0 when the id is taken.
 _CREATE_JOB = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[3]) == 0 then return 0 end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+if ARGV[4] ~= '1' then redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1]) end
 return 1
 """
 
@@ -155,6 +160,7 @@ class RedisStore(Store):
         self._changes = p + b"changes"
         self._jobs = p + b"jobs"
         self._jobs_created = p + b"jobs:created"
+        self._jobs_open = p + b"jobs:open"
         try:
             with self._errors():
                 schema = self._client.hget(self._meta, "schema")
@@ -456,8 +462,8 @@ class RedisStore(Store):
     def create_job(self, job: Job) -> None:
         check_job(job)
         with self._errors():
-            created = self._client.eval(_CREATE_JOB, 2, self._jobs, self._jobs_created, job.id,
-                                        repr(job.created_at), job.to_json())
+            created = self._client.eval(_CREATE_JOB, 3, self._jobs, self._jobs_created, self._jobs_open, job.id,
+                                        repr(job.created_at), job.to_json(), "1" if job.finished else "0")
         if not created:
             raise JobExists(job.id)
 
@@ -466,17 +472,18 @@ class RedisStore(Store):
             data = self._client.hget(self._jobs, job_id)
         return None if data is None else Job.from_json(data)
 
-    def list_jobs(self, limit: int = 100) -> list[Job]:
+    def list_jobs(self, limit: int = 100, unfinished: bool = False) -> list[Job]:
         check_jobs_limit(limit)
         with self._errors():
-            ids = self._client.zrevrange(self._jobs_created, 0, limit - 1)
+            ids = self._client.zrevrange(self._jobs_open if unfinished else self._jobs_created, 0, limit - 1)
             rows = self._client.hmget(self._jobs, ids) if ids else []
         return [Job.from_json(r) for r in rows if r is not None]
 
     def replace_job(self, job: Job) -> bool:
         check_job(job)
         with self._errors():
-            return bool(self._client.eval(_REPLACE_JOB, 1, self._jobs, job.id, job.version - 1, job.to_json()))
+            return bool(self._client.eval(_REPLACE_JOB, 2, self._jobs, self._jobs_open, job.id, job.version - 1,
+                                          job.to_json(), "1" if job.finished else "0"))
 
     # ---- derived data -------------------------------------------------------------------
     def _bkey(self, name: str) -> bytes:

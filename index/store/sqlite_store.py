@@ -14,7 +14,7 @@ Schema (``PRAGMA user_version`` = ``SCHEMA_VERSION``):
 * ``changes(seq, op, tracklet_id, int_id)``: the change feed, appended by the write transaction it
   describes; ``meta.change_seq`` is its head (kept in ``meta`` so trimming never frees a number).
   Version 1 files get the (empty) table when opened.
-* ``jobs(id, created_at, version, data)``: long-running jobs (``index.store.job``; ``data`` is the
+* ``jobs(id, created_at, version, finished, data)``: long-running jobs (``index.store.job``; ``data`` is the
   job's JSON), created on open in any version like ``blobs``;
 * ``blobs(name, data)``: derived data (``Store.put_blob``, e.g. the re-ranking graph), created on
   open in any version: not records, so older readers may ignore it.
@@ -109,7 +109,7 @@ _BLOBS_SCHEMA = "CREATE TABLE IF NOT EXISTS blobs (name TEXT PRIMARY KEY, data B
 
 _JOBS_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, created_at REAL NOT NULL, "
-    "version INTEGER NOT NULL, data TEXT NOT NULL)"
+    "version INTEGER NOT NULL, finished INTEGER NOT NULL, data TEXT NOT NULL)"
 )
 
 # SQLite primary result codes (sqlite3 exposes them as constants only from Python 3.11).
@@ -448,23 +448,24 @@ class SQLiteStore(Store):
         with self._transaction() as conn:
             if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job.id,)).fetchone():
                 raise JobExists(job.id)
-            conn.execute("INSERT INTO jobs(id, created_at, version, data) VALUES (?, ?, ?, ?)",
-                         (job.id, job.created_at, job.version, job.to_json()))
+            conn.execute("INSERT INTO jobs(id, created_at, version, finished, data) VALUES (?, ?, ?, ?, ?)",
+                         (job.id, job.created_at, job.version, int(job.finished), job.to_json()))
 
     def get_job(self, job_id: str) -> Job | None:
         rows = self._read("SELECT data FROM jobs WHERE id = ?", (job_id,))
         return Job.from_json(rows[0][0]) if rows else None  # type: ignore[arg-type]
 
-    def list_jobs(self, limit: int = 100) -> list[Job]:
+    def list_jobs(self, limit: int = 100, unfinished: bool = False) -> list[Job]:
         check_jobs_limit(limit)
-        rows = self._read("SELECT data FROM jobs ORDER BY created_at DESC, id DESC LIMIT ?", (limit,))
+        where = "WHERE finished = 0 " if unfinished else ""
+        rows = self._read(f"SELECT data FROM jobs {where}ORDER BY created_at DESC, id DESC LIMIT ?", (limit,))
         return [Job.from_json(r[0]) for r in rows]  # type: ignore[arg-type]
 
     def replace_job(self, job: Job) -> bool:
         check_job(job)
         with self._transaction() as conn:
-            cursor = conn.execute("UPDATE jobs SET version = ?, data = ? WHERE id = ? AND version = ?",
-                                  (job.version, job.to_json(), job.id, job.version - 1))
+            cursor = conn.execute("UPDATE jobs SET version = ?, finished = ?, data = ? WHERE id = ? AND version = ?",
+                                  (job.version, int(job.finished), job.to_json(), job.id, job.version - 1))
             return cursor.rowcount == 1
 
     # ---- derived data -------------------------------------------------------------------

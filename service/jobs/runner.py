@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any
 
-from index.store import FINISHED, Job, StoreError
+from index.store import Job, StoreError
 from service.core.errors import ApiError
 from service.jobs.kinds import JOB_KINDS, JobContext, JobFailed, Stopping, make_job_kind
 from service.runtime import Runtime
@@ -28,7 +28,7 @@ def create_job(runtime: Runtime, kind: str, params: dict[str, Any]) -> Job:
     """Check and store a new queued job (raises ``ApiError``)."""
     cls = make_job_kind(kind)
     params = cls.check_params(params, runtime)
-    pending = sum(1 for j in runtime.store.list_jobs(limit=_LIST_LIMIT) if j.state not in FINISHED)
+    pending = len(runtime.store.list_jobs(limit=_LIST_LIMIT, unfinished=True))
     if pending >= runtime.settings.max_pending_jobs:
         raise ApiError(429, "too_many_jobs",
                        f"{pending} jobs are queued or running (max_pending_jobs); wait for some to finish")
@@ -72,7 +72,7 @@ class JobRunner:
     def claim(self) -> Job | None:
         """The oldest claimable job of a known kind, now ours; None when there is none."""
         now = time.time()
-        jobs = sorted(self.runtime.store.list_jobs(limit=_LIST_LIMIT), key=lambda j: j.created_at)
+        jobs = sorted(self.runtime.store.list_jobs(limit=_LIST_LIMIT, unfinished=True), key=lambda j: j.created_at)
         for job in jobs:
             if job.kind in JOB_KINDS and job.claimable(now):
                 try:

@@ -826,6 +826,28 @@ def test_replace_job_is_a_compare_and_set_on_the_version(store: Store) -> None:
     assert not store.replace_job(Job(id="gone", kind="import", created_at=1.0, updated_at=1.0, version=1))
 
 
+def test_the_unfinished_listing_holds_only_queued_and_running_jobs(opener: Opener) -> None:
+    store = opener()
+    try:
+        for i in range(4):
+            store.create_job(Job(id=f"j{i}", kind="import", created_at=float(i), updated_at=float(i)))
+        store.create_job(Job(id="born_done", kind="import", created_at=9.0, updated_at=9.0, state="failed"))
+        j1 = store.get_job("j1")
+        assert j1 is not None and store.replace_job(j1.next(state="running", owner="a"))
+        j2 = store.get_job("j2")
+        assert j2 is not None and store.replace_job(j2.next(state="succeeded"))
+        assert [j.id for j in store.list_jobs(unfinished=True)] == ["j3", "j1", "j0"]
+        assert [j.id for j in store.list_jobs(limit=2, unfinished=True)] == ["j3", "j1"]
+        assert [j.id for j in store.list_jobs()] == ["born_done", "j3", "j2", "j1", "j0"]
+    finally:
+        store.close()
+    store = opener()
+    try:
+        assert [j.id for j in store.list_jobs(unfinished=True)] == ["j3", "j1", "j0"]
+    finally:
+        store.close()
+
+
 def test_of_many_concurrent_claims_of_one_job_exactly_one_wins(opener: Opener) -> None:
     setup = opener()
     try:
