@@ -73,7 +73,7 @@ class ImportJob(JobKind):
             while True:
                 items, first_line, lines, offset = _read_chunk(f, chunk, int(progress["lines"]))
                 if items:
-                    created = _store(runtime, items, f"lines {first_line}-{lines}")
+                    created = _store(runtime, items, f"lines {first_line}-{lines}", int(progress["records"]))
                     progress["created"] += created
                     progress["existing"] += len(items) - created
                     progress["records"] += len(items)
@@ -106,12 +106,13 @@ def _read_chunk(f: Any, chunk: int, lines: int) -> tuple[list[BatchRecordIn], in
     return items, first, lines, f.tell()
 
 
-def _store(runtime: Runtime, items: list[BatchRecordIn], where: str) -> int:
-    """Store one chunk (all or nothing); the number created. Raises ``JobFailed`` (its message
-    starting with ``where``) for a refusal that a retry would meet again, ``StoreError`` /
+def _store(runtime: Runtime, items: list[BatchRecordIn], where: str, before: int) -> int:
+    """Store one chunk (all or nothing; ``before`` records of the file precede it, so a bad one is
+    named ``records[i]`` by its place in the file); the number created. Raises ``JobFailed`` (its
+    message starting with ``where``) for a refusal that a retry would meet again, ``StoreError`` /
     ``ApiError`` (5xx) for a transient one."""
     try:
-        records = records_from_batch(runtime, items)
+        records = records_from_batch(runtime, items, first=before)
         results = commit_batch(runtime, records)
     except ApiError as exc:
         if exc.status >= 500:

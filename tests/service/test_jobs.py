@@ -98,7 +98,10 @@ def test_a_bad_line_fails_the_job_with_its_line_number_and_keeps_earlier_steps(s
     lines = (imports / "bad.jsonl").read_text().splitlines()
     lines[14] = '{"tracklet_id": "x", "identity": "y"'  # line 15: truncated JSON
     (imports / "bad.jsonl").write_text("\n".join(lines) + "\n")
-    write_jsonl(imports / "other_model.jsonl", 3, dim, "some-other-checkpoint", start=100)
+    write_jsonl(imports / "good.jsonl", 9, dim, checkpoints.fingerprint_a, start=200)
+    write_jsonl(imports / "other.jsonl", 3, dim, "some-other-checkpoint", start=100)
+    # 9 good records, then 3 of another checkpoint: the second step (lines 8-12) is refused whole.
+    (imports / "other_model.jsonl").write_text((imports / "good.jsonl").read_text() + (imports / "other.jsonl").read_text())
     with httpx.Client(base_url=s.url, timeout=30) as http:
         r = http.post("/v1/jobs", json={"kind": "import", "params": {"source": "bad.jsonl"}}, headers=headers())
         job = wait_job(http, r.headers["location"])
@@ -110,8 +113,9 @@ def test_a_bad_line_fails_the_job_with_its_line_number_and_keeps_earlier_steps(s
         r = http.post("/v1/jobs", json={"kind": "import", "params": {"source": "other_model.jsonl"}}, headers=headers())
         job = wait_job(http, r.headers["location"])
         assert (job["state"], job["error"]["error"]) == ("failed", "fingerprint_mismatch")
-        assert "lines 1-3" in job["error"]["message"]
-        assert s.client().stats()["tracklets"] == 14
+        assert "lines 8-12: records[9]" in job["error"]["message"]
+        assert job["progress"]["records"] == 7
+        assert s.client().stats()["tracklets"] == 14 + 7
 
 
 @pytest.mark.parametrize(
