@@ -28,7 +28,7 @@ from index.store.errors import (
     TrackletConflict,
     TrackletNotFound,
 )
-from index.store.job import FINISHED, JOB_STATES, Job, JobState
+from index.store.job import Job
 from index.store.record import PLATFORMS, Record
 from index.store.redis_store import DEFAULT_PREFIX, RedisStore
 from index.store.sqlite_store import SQLiteStore
@@ -36,8 +36,6 @@ from index.store.sqlite_store import SQLiteStore
 __all__ = [
     "DEFAULT_CHANGE_RETENTION",
     "DEFAULT_PREFIX",
-    "FINISHED",
-    "JOB_STATES",
     "PLATFORMS",
     "Change",
     "ChangesTrimmed",
@@ -46,7 +44,6 @@ __all__ = [
     "InvalidRecord",
     "Job",
     "JobExists",
-    "JobState",
     "PutResult",
     "Record",
     "RedisStore",
