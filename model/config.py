@@ -88,7 +88,7 @@ class MGTMConfig:
     d_state: int = 16
     d_conv: int = 4
     expand: int = 2
-    scan_chunk: int = 8  # chunk length of the pure-PyTorch parallel scan (speed only)
+    scan_chunk: int = 8  # chunk length of the pure-PyTorch two-level scan (speed only)
     use_cuda_kernels: bool = True  # use mamba-ssm's kernels when it imports on a CUDA device
 
 
