@@ -84,6 +84,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-onnx", action="store_true")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--notes", default="", help="free text appended to the section")
     args = ap.parse_args()
     rows = []
     for spec in args.configs:
@@ -113,6 +114,8 @@ def main() -> None:
         lines.append("")
         lines.append("ONNX export time (incl. parity check): " +
                      ", ".join(f"{k} {v:.0f} s" for k, v in exports.items()) + ".")
+    if args.notes:
+        lines += ["", args.notes]
     write_section("Model embedding (CPU)", "\n".join(lines))
 
 

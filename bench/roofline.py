@@ -32,7 +32,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.results import command_line, machine_line, write_section
+from bench.results import machine_line, write_section
 from model import ModelConfig, build_model
 from model.info import model_info
 
@@ -110,11 +110,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--before", default=BEFORE, help=f"git revision of the reference Mamba mixer (default {BEFORE})")
+    ap.add_argument("--notes", default="", help="free text appended to the section")
     args = ap.parse_args(argv)
     rows = measure(args.config, args.batches, args.repeats, args.before)
     lines = [
         machine_line(torch) + f" {torch.get_num_threads()} torch threads.",
-        f"Command: `{command_line('roofline.py', argv)}` on {time.strftime('%Y-%m-%d')}.",
+        f"Command: `python bench/roofline.py --config {args.config} --batches {' '.join(map(str, args.batches))} "
+        f"--repeats {args.repeats} --before {args.before}` on {time.strftime('%Y-%m-%d')}.",
         f"Fastest of {args.repeats} interleaved runs each; 8-frame tracklets, random weights, float32. GFLOPs from "
         "`sasreid model-info` (matmuls, convolutions, attention; multiply-add = 2). Bare matmul: "
         f"`[{MATMUL[0]}, {MATMUL[1]}] @ [{MATMUL[1]}, {MATMUL[2]}]` (vit-b-16's MLP shape) in the same process. "
@@ -130,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['before_s']:.3f} | {r['before_gflops']:.1f} | {r['matmul_gflops']:.1f} | "
             f"{100 * r['now_gflops'] / r['matmul_gflops']:.0f}% | {100 * r['before_gflops'] / r['matmul_gflops']:.0f}% | "
             f"{r['before_s'] / r['now_s']:.2f}x | {r['max_diff']:.1e} |")
+    if args.notes:
+        lines += ["", args.notes]
     write_section("Embedding roofline (CPU)", "\n".join(lines))
 
 

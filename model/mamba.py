@@ -38,12 +38,16 @@ def _steps_(a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor | None) -> torch.
     """``h_t = a_t h_{t-1} + x_t`` one step at a time along the leading axis, written over ``x``;
     out of place while tracing for export (a trace cannot hold in-place slab updates)."""
     if torch.jit.is_tracing():
-        h = x[0] if h0 is None else torch.addcmul(x[0], a[0], h0)
+        # One Split of each input and one Concat of the states (in ONNX), each step a Mul and an
+        # Add on [1, ...] pieces: indexing every step instead costs two Gathers and an
+        # Unsqueeze per step, a third of the exported scan's time.
+        xs, as_ = x.split(1, dim=0), a.split(1, dim=0)
+        h = xs[0] if h0 is None else torch.addcmul(xs[0], as_[0], h0)
         states = [h]
-        for t in range(1, x.shape[0]):
-            h = torch.addcmul(x[t], a[t], h)
+        for a_t, x_t in zip(as_[1:], xs[1:]):
+            h = torch.addcmul(x_t, a_t, h)
             states.append(h)
-        return torch.stack(states)
+        return torch.cat(states)
     xs, as_ = x.unbind(0), a.unbind(0)  # views; one call each instead of three per step
     if h0 is not None:
         xs[0].addcmul_(as_[0], h0)

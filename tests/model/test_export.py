@@ -54,3 +54,24 @@ def test_parity_failure_removes_the_output(exported, tmp_path):
 def test_export_cli_reports_missing_checkpoint(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "x.onnx")]) == 1
     assert "checkpoint directory not found" in capsys.readouterr().out
+
+
+def test_wide_mamba_layer_exports_its_streamed_scan_with_a_dynamic_batch(tmp_path):
+    """Layers with >= STREAM_MIN_STATES states per token (vit-b-16, vit-l-14) export the
+    chunked streaming scan (two chunks and a partial one here); the graph matches eager torch
+    at batch sizes other than the traced one."""
+    from model.mamba import STREAM_CHUNK, STREAM_MIN_STATES, Mamba
+
+    torch.manual_seed(2)
+    m = Mamba(512, d_state=8).eval()
+    assert m.d_inner * m.d_state >= STREAM_MIN_STATES
+    length = 2 * STREAM_CHUNK + 5
+    with torch.no_grad():
+        torch.onnx.export(m, (torch.randn(2, length, 512),), str(tmp_path / "mamba.onnx"), input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False)
+    session = ort.InferenceSession(str(tmp_path / "mamba.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = torch.randn(batch, length, 512)
+        with torch.no_grad():
+            expected = m(x).numpy()
+        np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], expected, atol=1e-5, rtol=1e-4)
