@@ -190,6 +190,12 @@ class Store(ABC):
         """Store ``job`` if the stored one has version ``job.version - 1`` (atomically); False when
         another writer got there first or the job is gone."""
 
+    @abstractmethod
+    def delete_finished_jobs(self, finished_before: float, limit: int = 1000) -> int:
+        """Delete up to ``limit`` succeeded or failed jobs last written (``updated_at``: when they
+        finished) before ``finished_before``, oldest first; the number deleted. Queued and running
+        jobs are never deleted."""
+
     # ---- derived data -------------------------------------------------------------------
     # Caches computed from the records (the re-ranking graph) kept next to them so every process
     # on the store can load them instead of recomputing. Not records: no change feed, no schema

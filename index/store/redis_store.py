@@ -18,6 +18,7 @@ key                   type    content
 ``P jobs``            hash    job id -> the job's JSON (``index.store.job``)
 ``P jobs:created``    zset    job ids by creation time (newest-first listing)
 ``P jobs:open``       zset    the queued or running ones, by creation time
+``P jobs:finished``   zset    the succeeded or failed ones, by the time they finished
 ``P blob:<name>``     string  derived data (``Store.put_blob``, e.g. the re-ranking graph)
 ====================  ======  ==============================================================
 
@@ -108,23 +109,40 @@ end
 return last
 """
 
-# KEYS: jobs hash, jobs:open zset. ARGV: job id, expected version, new JSON, "1" when the new
-# state is finished. Compare-and-set of one job.
+# KEYS: jobs hash, jobs:open zset, jobs:finished zset. ARGV: job id, expected version, new JSON,
+# "1" when the new state is finished, its updated_at. Compare-and-set of one job.
 _REPLACE_JOB = """
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 if not current then return 0 end
 if cjson.decode(current)['version'] ~= tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-if ARGV[4] == '1' then redis.call('ZREM', KEYS[2], ARGV[1]) end
+if ARGV[4] == '1' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
+end
 return 1
 """
-# KEYS: jobs hash, jobs:created zset, jobs:open zset. ARGV: job id, created_at, JSON, "1" when
-# finished. 0 when the id is taken.
+# KEYS: jobs hash, jobs:created zset, jobs:open zset, jobs:finished zset. ARGV: job id,
+# created_at, JSON, "1" when finished, updated_at. 0 when the id is taken.
 _CREATE_JOB = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[3]) == 0 then return 0 end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-if ARGV[4] ~= '1' then redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1]) end
+if ARGV[4] ~= '1' then
+  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+else
+  redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+end
 return 1
+"""
+# KEYS: jobs hash, jobs:created zset, jobs:finished zset. ARGV: finished before (exclusive),
+# limit. Deletes the oldest finished jobs; returns how many.
+_DELETE_FINISHED_JOBS = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+if #ids == 0 then return 0 end
+redis.call('HDEL', KEYS[1], unpack(ids))
+redis.call('ZREM', KEYS[2], unpack(ids))
+redis.call('ZREM', KEYS[3], unpack(ids))
+return #ids
 """
 
 T = TypeVar("T")
@@ -161,6 +179,7 @@ class RedisStore(Store):
         self._jobs = p + b"jobs"
         self._jobs_created = p + b"jobs:created"
         self._jobs_open = p + b"jobs:open"
+        self._jobs_finished = p + b"jobs:finished"
         try:
             with self._errors():
                 schema = self._client.hget(self._meta, "schema")
@@ -462,8 +481,9 @@ class RedisStore(Store):
     def create_job(self, job: Job) -> None:
         check_job(job)
         with self._errors():
-            created = self._client.eval(_CREATE_JOB, 3, self._jobs, self._jobs_created, self._jobs_open, job.id,
-                                        repr(job.created_at), job.to_json(), "1" if job.finished else "0")
+            created = self._client.eval(_CREATE_JOB, 4, self._jobs, self._jobs_created, self._jobs_open,
+                                        self._jobs_finished, job.id, repr(job.created_at), job.to_json(),
+                                        "1" if job.finished else "0", repr(job.updated_at))
         if not created:
             raise JobExists(job.id)
 
@@ -482,8 +502,15 @@ class RedisStore(Store):
     def replace_job(self, job: Job) -> bool:
         check_job(job)
         with self._errors():
-            return bool(self._client.eval(_REPLACE_JOB, 2, self._jobs, self._jobs_open, job.id, job.version - 1,
-                                          job.to_json(), "1" if job.finished else "0"))
+            return bool(self._client.eval(_REPLACE_JOB, 3, self._jobs, self._jobs_open, self._jobs_finished, job.id,
+                                          job.version - 1, job.to_json(), "1" if job.finished else "0",
+                                          repr(job.updated_at)))
+
+    def delete_finished_jobs(self, finished_before: float, limit: int = 1000) -> int:
+        check_jobs_limit(limit)
+        with self._errors():
+            return int(self._client.eval(_DELETE_FINISHED_JOBS, 3, self._jobs, self._jobs_created, self._jobs_finished,
+                                         repr(float(finished_before)), limit))
 
     # ---- derived data -------------------------------------------------------------------
     def _bkey(self, name: str) -> bytes:

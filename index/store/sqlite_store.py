@@ -468,6 +468,15 @@ class SQLiteStore(Store):
                                   (job.version, int(job.finished), job.to_json(), job.id, job.version - 1))
             return cursor.rowcount == 1
 
+    def delete_finished_jobs(self, finished_before: float, limit: int = 1000) -> int:
+        check_jobs_limit(limit)
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE finished = 1 "
+                "AND json_extract(data, '$.updated_at') < ? ORDER BY json_extract(data, '$.updated_at') LIMIT ?)",
+                (finished_before, limit))
+            return cursor.rowcount
+
     # ---- derived data -------------------------------------------------------------------
     def put_blob(self, name: str, data: bytes) -> None:
         check_blob_name(name)

@@ -92,6 +92,11 @@ class Settings(BaseSettings):
     job_poll_s: float = Field(1.0, gt=0.0, le=60.0, description="seconds between looks for a job to run")
     job_chunk_records: int = Field(1000, ge=1, le=100_000, description="records an import job stores per step")
     max_pending_jobs: int = Field(100, ge=1, le=1000, description="jobs queued or running at once")
+    job_retention_s: float = Field(
+        7 * 86400.0, ge=0.0,
+        description="a finished job (succeeded or failed) is deleted this many seconds after it finished, "
+        "so the store does not grow without bound; 0 keeps finished jobs forever",
+    )
 
     # ---- server ------------------------------------------------------------------------------
     host: str = "127.0.0.1"

@@ -104,6 +104,16 @@ class JobRunner:
             log.warning("job %s (%s) interrupted, will resume: %s", job.id, job.kind, exc)
         return True
 
+    def sweep(self) -> int:
+        """Delete finished jobs older than ``job_retention_s`` (a bounded batch per call); how many."""
+        retention = self.runtime.settings.job_retention_s
+        if retention <= 0:
+            return 0
+        deleted = self.runtime.store.delete_finished_jobs(time.time() - retention, limit=_LIST_LIMIT)
+        if deleted:
+            log.info("deleted %d jobs finished more than %.0f s ago", deleted, retention)
+        return deleted
+
     def _loop(self) -> None:
         settings = self.runtime.settings
         while not self._stop.is_set():
@@ -111,6 +121,8 @@ class JobRunner:
             if self.runtime.ready:
                 try:
                     ran = self.run_one()
+                    if not ran:
+                        self.sweep()
                 except (StoreError, LeaseLost):
                     log.warning("job runner: store unavailable, retrying", exc_info=True)
                 except Exception:  # keep the thread alive; the job is retried after its lease

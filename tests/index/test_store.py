@@ -848,6 +848,35 @@ def test_the_unfinished_listing_holds_only_queued_and_running_jobs(opener: Opene
         store.close()
 
 
+def test_finished_jobs_are_deleted_oldest_first_once_past_the_cutoff(opener: Opener) -> None:
+    store = opener()
+    try:
+        for i in range(5):
+            store.create_job(Job(id=f"j{i}", kind="import", created_at=float(i), updated_at=float(i)))
+        store.create_job(Job(id="born_done", kind="import", created_at=5.0, updated_at=5.0, state="failed"))
+        for i, finished_at in ((0, 40.0), (1, 10.0), (2, 30.0)):
+            job = store.get_job(f"j{i}")
+            assert job is not None and store.replace_job(job.next(state="succeeded", updated_at=finished_at))
+        running = store.get_job("j3")
+        assert running is not None and store.replace_job(running.next(state="running", owner="a", updated_at=1.0))
+        assert store.delete_finished_jobs(finished_before=5.0) == 0  # strictly before: born_done stays
+        assert store.delete_finished_jobs(finished_before=35.0, limit=2) == 2  # born_done (5), j1 (10)
+        assert store.get_job("born_done") is None and store.get_job("j1") is None
+        assert [j.id for j in store.list_jobs()] == ["j4", "j3", "j2", "j0"]
+    finally:
+        store.close()
+    store = opener()  # what was deleted stays deleted; the rest is untouched
+    try:
+        assert store.delete_finished_jobs(finished_before=1e12) == 2  # j2, j0; never j3 (running), j4 (queued)
+        assert [j.id for j in store.list_jobs()] == ["j4", "j3"]
+        assert [j.id for j in store.list_jobs(unfinished=True)] == ["j4", "j3"]
+        assert store.delete_finished_jobs(finished_before=1e12) == 0
+        with pytest.raises(InvalidRecord):
+            store.delete_finished_jobs(finished_before=1.0, limit=0)
+    finally:
+        store.close()
+
+
 def test_of_many_concurrent_claims_of_one_job_exactly_one_wins(opener: Opener) -> None:
     setup = opener()
     try:

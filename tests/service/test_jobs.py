@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from index.store import open_store
+from index.store import Job, open_store
 from tests.service.conftest import READ_KEY, WRITE_KEY, settings_for
 
 
@@ -198,3 +198,28 @@ def test_an_import_survives_a_clean_stop_and_a_kill_9(process_server, checkpoint
     assert stats["tracklets"] == stats["indexed_tracklets"] == n
     with open_store(sqlite_url) as store:
         assert store.get("imp_0") is not None and store.get(f"imp_{n - 1}") is not None
+
+
+def test_finished_jobs_are_deleted_after_the_retention_and_running_ones_never(
+        thread_server, checkpoints, sqlite_url: str, tmp_path: Path) -> None:
+    """``job_retention_s``: the runner deletes a job that finished longer ago than that (its URL
+    then answers 404 ``job_not_found``), while a job that is still queued stays however old."""
+    imports = tmp_path / "imports"
+    imports.mkdir()
+    s = thread_server(settings_for(checkpoints.a, sqlite_url, import_dir=imports, job_poll_s=0.05,
+                                   job_retention_s=1.0))
+    write_jsonl(imports / "a.jsonl", 3, s.client().stats()["dim"], checkpoints.fingerprint_a)
+    with httpx.Client(base_url=s.url, timeout=30) as http:
+        r = http.post("/v1/jobs", json={"kind": "import", "params": {"source": "a.jsonl"}}, headers=headers())
+        assert r.status_code == 202, r.text
+        assert wait_job(http, r.headers["location"])["state"] == "succeeded"
+        # A queued job of a kind this server does not run: never claimed, so never finished.
+        with open_store(sqlite_url) as store:
+            store.create_job(Job(id="old_queued", kind="not_a_kind", created_at=1.0, updated_at=1.0))
+        deadline = time.monotonic() + 30
+        while (gone := http.get(r.headers["location"], headers=headers(READ_KEY))).status_code == 200:
+            assert time.monotonic() < deadline, "the finished job was not deleted after its retention"
+            time.sleep(0.1)
+        assert gone.status_code == 404 and gone.json()["detail"]["error"] == "job_not_found"
+        assert [j["id"] for j in http.get("/v1/jobs", headers=headers(READ_KEY)).json()["items"]] == ["old_queued"]
+        assert s.client().stats()["tracklets"] == 3  # deleting the job keeps what it imported
