@@ -18,6 +18,8 @@ from model.preprocess import images_to_tensor
 from model.shape import PRSD, shape_prior_loss
 from model.temporal import MGTM, TemporalAttentionPool
 
+BACKBONE_FRAME_CHUNK = 16  # frames per backbone call at inference (speed only; see _backbone)
+
 
 class _ScaleGrad(torch.autograd.Function):
     """Identity forward; the gradient is multiplied by ``scale`` on the way back."""
@@ -204,11 +206,24 @@ class SASVPReID(nn.Module):
         dedup = None if traced else unique_frames(frames)
         flat = frames.flatten(0, 1)
         if dedup is None:
-            return self.backbone(self._input(flat), cam, plat)
+            return self._backbone(self._input(flat), cam, plat, chunked=not traced)
         new, index = dedup
-        f, tokens = self.backbone(self._input(flat[new]), None if cam is None else cam[new],
-                                  None if plat is None else plat[new])
+        f, tokens = self._backbone(self._input(flat[new]), None if cam is None else cam[new],
+                                   None if plat is None else plat[new], chunked=True)
         return f[index], tokens[index]
+
+    def _backbone(self, x: torch.Tensor, cam: torch.Tensor | None, plat: torch.Tensor | None,
+                  chunked: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone over frames ``[N, 3, H, W]``; without autograd, ``BACKBONE_FRAME_CHUNK``
+        frames per call (the backbone treats every frame on its own, so the result is the same):
+        the activations of a few frames stay in cache, where a batch of 8 vit-b-16 tracklets (64
+        frames, 100 MB per MLP activation) in one call ran ~14% slower per tracklet."""
+        n = BACKBONE_FRAME_CHUNK
+        if not chunked or torch.is_grad_enabled() or x.shape[0] <= n:
+            return self.backbone(x, cam, plat)
+        parts = [self.backbone(x[i:i + n], None if cam is None else cam[i:i + n],
+                               None if plat is None else plat[i:i + n]) for i in range(0, x.shape[0], n)]
+        return torch.cat([f for f, _ in parts]), torch.cat([t for _, t in parts])
 
     def _input(self, frames: torch.Tensor) -> torch.Tensor:
         """The backbone's input: dataset-normalised frames, standardised per frame when
