@@ -146,12 +146,13 @@ def _streamed_scan(dt: torch.Tensor, dtu: torch.Tensor, At: torch.Tensor, B: tor
     Only one chunk's ``[chunk, 1, n, d]`` states exist at a time, so they reuse the allocator's
     memory: for a wide layer (vit-b-16: 1536 x 16 states per token) materialising all ``l``
     steps at once costs more in page faults of fresh 100 MB buffers than in arithmetic. In eager
-    mode each sequence of the batch is scanned on its own: a step then updates fewer states
-    than torch splits across threads, and waking the idle OpenMP threads (``OMP_WAIT_POLICY=
+    mode on the CPU each sequence of the batch is scanned on its own: a step then updates fewer
+    states than torch splits across threads, and waking the idle OpenMP threads (``OMP_WAIT_POLICY=
     PASSIVE``, as the service runs) for every step cost more than the step itself. A trace keeps
-    the batch whole (its size is dynamic in the exported graph).
+    the batch whole (its size is dynamic in the exported graph), and so does a GPU (where the
+    split would only multiply kernel launches).
     """
-    if dt.shape[1] > 1 and not torch.jit.is_tracing():
+    if dt.shape[1] > 1 and dt.device.type == "cpu" and not torch.jit.is_tracing():
         return torch.cat([_streamed_scan(dt[:, i:i + 1], dtu[:, i:i + 1], At, B[:, i:i + 1], C[:, i:i + 1])
                           for i in range(dt.shape[1])], dim=1)
     ys, h = [], None
