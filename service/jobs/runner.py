@@ -18,6 +18,7 @@ from service.runtime import Runtime
 log = logging.getLogger(__name__)
 
 _LIST_LIMIT = 1000
+_SWEEP_EVERY_S = 60.0
 
 
 class LeaseLost(Exception):
@@ -47,6 +48,7 @@ class JobRunner:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._next_sweep = 0.0  # time.monotonic() of the next sweep of finished jobs
 
     @property
     def stopping(self) -> bool:
@@ -105,10 +107,13 @@ class JobRunner:
         return True
 
     def sweep(self) -> int:
-        """Delete finished jobs older than ``job_retention_s`` (a bounded batch per call); how many."""
+        """Delete finished jobs older than ``job_retention_s`` (a bounded batch per call); how many.
+        Runs at most once a minute (or once per retention, if shorter): each sweep is a write to
+        the store."""
         retention = self.runtime.settings.job_retention_s
-        if retention <= 0:
+        if retention <= 0 or time.monotonic() < self._next_sweep:
             return 0
+        self._next_sweep = time.monotonic() + min(_SWEEP_EVERY_S, retention)
         deleted = self.runtime.store.delete_finished_jobs(time.time() - retention, limit=_LIST_LIMIT)
         if deleted:
             log.info("deleted %d jobs finished more than %.0f s ago", deleted, retention)
