@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 
@@ -29,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_index import K1, K2, LAMBDA, make_data, measured  # noqa: E402
-from bench.results import RESULTS, command_line, machine_line, run_json_worker, write_section  # noqa: E402
+from bench.results import RESULTS, command_line, machine_line, module_at, run_json_worker, write_section  # noqa: E402
 
 TITLE = "Exact re-ranking beyond 10k (CPU)"
 BEFORE = "a53f24c"  # the last commit before the memory changes of issue 12, item 5
@@ -40,16 +38,6 @@ def _total_peak_mb() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024.0
     raise RuntimeError("VmHWM not in /proc/self/status")
-
-
-def _module_at(rev: str) -> ModuleType:
-    """``index/rerank.py`` as it was at git revision ``rev``, imported under another name."""
-    source = subprocess.run(["git", "show", f"{rev}:index/rerank.py"], cwd=ROOT, capture_output=True,
-                            text=True, check=True).stdout
-    module = ModuleType(f"rerank_at_{rev}")
-    sys.modules[module.__name__] = module  # dataclasses look their module up there
-    exec(compile(source, f"{rev}:index/rerank.py", "exec"), module.__dict__)
-    return module
 
 
 def task(g: int, variant: str, out: str) -> dict:
@@ -63,7 +51,7 @@ def task(g: int, variant: str, out: str) -> dict:
 
     d = make_data(g)  # Q = G / 5 queries
     qf, gf = d["qf"], d["gf"]
-    module = rerank if variant == "now" else _module_at(variant)
+    module = rerank if variant == "now" else module_at(variant, "index/rerank.py")
     answer, seconds, peak = measured(lambda: module.k_reciprocal(qf, gf, K1, K2, LAMBDA))
     result = {"G": len(gf), "Q": len(qf), "variant": variant, "time_s": seconds, "peak_mb": peak,
               "process_peak_mb": _total_peak_mb(), "answer_mb": answer.nbytes / 2**20}

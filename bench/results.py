@@ -13,6 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+ROOT = RESULTS.parents[1]  # the repository
 
 
 def cpu_model() -> str:
@@ -81,3 +82,14 @@ def run_json_worker(script: str | Path, spec: dict[str, object]) -> dict:
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"    {result}", flush=True)
     return result
+
+
+def module_at(rev: str, path: str) -> ModuleType:
+    """The module at ``path`` (e.g. ``model/mamba.py``) as it was at git revision ``rev``,
+    imported under another name, to measure an earlier implementation beside today's."""
+    source = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout
+    module = ModuleType(f"{Path(path).stem}_at_{rev}")
+    sys.modules[module.__name__] = module  # dataclasses look their module up there
+    exec(compile(source, f"{rev}:{path}", "exec"), module.__dict__)
+    return module

@@ -21,35 +21,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.results import machine_line, write_section
+from bench.results import machine_line, module_at, write_section
 from model import ModelConfig, build_model
 from model.info import model_info
-
-ROOT = Path(__file__).resolve().parents[1]
 
 BEFORE = "dcae580"  # the last commit with the last-axis chunked scan
 FRAMES = 8
 MATMUL = (1032, 768, 3072)
-
-
-def mamba_at(rev: str) -> ModuleType:
-    """``model/mamba.py`` as it was at git revision ``rev``, imported under another name."""
-    source = subprocess.run(["git", "show", f"{rev}:model/mamba.py"], cwd=ROOT, capture_output=True,
-                            text=True, check=True).stdout
-    module = ModuleType(f"mamba_at_{rev}")
-    exec(compile(source, f"{rev}:model/mamba.py", "exec"), module.__dict__)
-    return module
 
 
 def build_pair(config: str, rev: str) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -59,7 +46,7 @@ def build_pair(config: str, rev: str) -> tuple[torch.nn.Module, torch.nn.Module]
     torch.manual_seed(0)
     now = build_model(ModelConfig.preset(config)).eval()
     current = temporal.Mamba
-    temporal.Mamba = mamba_at(rev).Mamba  # BiMamba builds its mixers from this name
+    temporal.Mamba = module_at(rev, "model/mamba.py").Mamba  # BiMamba builds its mixers from this name
     try:
         before = build_model(ModelConfig.preset(config)).eval()
     finally:
