@@ -203,6 +203,11 @@ class SasreidClient:
         ``--import-dir``) in the background; returns the job (``id``, ``state``, ``progress``)."""
         return self._call("POST", "/jobs", json={"kind": "import", "params": {"source": source}}).json()
 
+    def start_reembed_job(self, model: str) -> dict[str, Any]:
+        """``POST /v1/jobs``: re-embed the gallery with ``model`` (a name in the server's
+        ``--model-dir``) and switch the servers to it live; returns the job."""
+        return self._call("POST", "/jobs", json={"kind": "reembed", "params": {"model": model}}).json()
+
     def get_job(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", f"/jobs/{_quote(job_id)}").json()
 

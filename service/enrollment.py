@@ -31,7 +31,7 @@ from index.store import (
     TrackletNotFound,
 )
 from index.types import check_descriptors
-from service.core.errors import ApiError
+from service.core.errors import ApiError, model_switching
 from service.runtime import Runtime
 from service.schemas import BatchRecordIn
 
@@ -78,6 +78,10 @@ def _store_call(runtime: Runtime, what: str, fn: Any, *args: Any) -> Any:
     """Run a store write; an error that leaves the outcome unknown marks the index for a rebuild."""
     try:
         return fn(*args)
+    except FingerprintMismatch as exc:
+        # Descriptors reach the store only after a check against this server's model: the store
+        # has moved on to another checkpoint (a re-embedding job) this server is switching to.
+        raise model_switching(exc.gallery_fingerprint) from exc
     except _DEFINITE:
         raise
     except StoreError as exc:
@@ -109,6 +113,8 @@ def check_descriptor(runtime: Runtime, descriptor: np.ndarray, where: str) -> No
 
 def commit_record(runtime: Runtime, record: Record, frames: Sequence[bytes] | None) -> PutResult:
     """Store one record (with its frames when they are kept), then index it."""
+    if record.fingerprint != runtime.encoder.fingerprint:
+        raise model_switching(runtime.encoder.fingerprint)  # embedded just before a switch
     check_descriptor(runtime, record.descriptor, "descriptor")
     with runtime.write_lock:
         result: PutResult = _store_call(runtime, "enroll", runtime.store.put, record, frames)

@@ -3,7 +3,9 @@
 Each server keeps an in-process view of the gallery (the metadata table and the re-ranking graph;
 with a FAISS kind also the vectors). ``GallerySync`` is a daemon thread that polls
 ``Store.changes_since`` every ``settings.sync_interval`` seconds and applies what other replicas
-wrote (``Gallery.apply_changes``; a replica's own writes come back too and are no-ops). It never
+wrote (``Gallery.apply_changes``; a replica's own writes come back too and are no-ops). When the
+feed shows the store re-embedded with another checkpoint (a ``reembed`` job, run by any replica),
+the server switches to it (``Runtime.follow_store_model``). It never
 stops the server: an error (store or Milvus unreachable) is logged, counted in
 ``sasreid_gallery_sync_errors_total`` and retried at the next poll from the same position. A replica
 that fell further behind than the feed retains (``ChangesTrimmed``) marks its gallery dirty: the
@@ -22,6 +24,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from index.store import ChangesTrimmed
+from service.core.errors import ModelSwitchError
 
 if TYPE_CHECKING:
     from service.runtime import Runtime
@@ -107,15 +110,21 @@ class GallerySync:
                 return 0
             if not changes:
                 return 0
+            switched = False
             if any(c.op == "add" for c in changes):
                 fingerprint = rt.store.info().fingerprint
-                if fingerprint is not None and fingerprint != rt.encoder.fingerprint:
-                    raise SyncError(
-                        f"the store now holds descriptors of checkpoint {fingerprint} (re-embedded), but this "
-                        f"server embeds with {rt.encoder.fingerprint}: restart it with the new checkpoint"
-                    )
-            gallery.apply_changes(rt.store, changes)
-            rt.feed_position = last
+                switched = fingerprint is not None and fingerprint != rt.encoder.fingerprint
+            if not switched:
+                gallery.apply_changes(rt.store, changes)
+                rt.feed_position = last
+        if switched:
+            # Re-embedded with another checkpoint: load it and index the store anew (outside the
+            # lock: this server goes on answering with its current model meanwhile).
+            try:
+                rt.follow_store_model()
+            except ModelSwitchError as exc:
+                raise SyncError(str(exc)) from exc
+            return 0
         rt.metrics.sync_changes.inc(len(changes))
         rt.metrics.sync_position.set(last)
         return len(changes)

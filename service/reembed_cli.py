@@ -8,7 +8,8 @@ re-embedded; a tracklet without kept frames (enrolled without ``--keep-frames``,
 as a descriptor) makes the command stop and explain what to do instead.
 
 Stop the server first: a tracklet enrolled during the re-embedding makes the final switch fail
-(nothing is changed then; run the command again).
+(nothing is changed then; run the command again). A running gallery is switched without a restart
+by a ``reembed`` job instead (``service.jobs.reembed_job``).
 """
 
 from __future__ import annotations
@@ -16,17 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass
-
-import numpy as np
-
-_MISSING_HELP = (
-    "these tracklets have no kept frames, so they cannot be re-embedded. Frames are kept only by a "
-    "server started with --keep-frames (SASREID_KEEP_FRAMES=1); bulk-imported descriptors never have "
-    "frames. Re-enroll the gallery with the new checkpoint instead (`sasreid serve --checkpoint NEW "
-    "--store NEW_STORE --keep-frames`, then `sasreid enroll`), or re-import descriptors computed "
-    "offline with the new checkpoint through POST /tracklets/batch into an empty store."
-)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,12 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-prefix", default="sasreid:", help="key prefix of a Redis store")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--batch-size", type=int, default=8, help="tracklets per model call")
-
-
-@dataclass
-class _Pending:
-    tracklet_ids: list[str]
-    inputs: list[np.ndarray]
 
 
 def _fail(message: str) -> int:
@@ -56,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from model import CheckpointError
     from service.core.errors import ApiError
     from service.encoders import TorchEncoder
-    from service.images import FrameLimits, decode_tracklet
+    from service.reembedding import FRAMES_NOT_KEPT_HELP, FrameEmbedder
     from service.runtime import redact_url
 
     if args.batch_size < 1:
@@ -70,8 +54,6 @@ def run(args: argparse.Namespace) -> int:
     except (StoreError, ValueError, OSError) as exc:
         return _fail(f"cannot open the store {redact_url(args.store)}: {exc}")
     url = redact_url(args.store)
-    # Frames were validated when uploaded; these limits only keep a tampered store from exploding.
-    limits = FrameLimits(max_frame_bytes=1 << 30, max_pixels=1 << 31)
     with store:
         info = store.info()
         total = store.count_tracklets()
@@ -84,44 +66,26 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         missing: list[str] = []
-        items: dict[str, np.ndarray] = {}
-        by_shape: dict[tuple[int, ...], _Pending] = {}
-
-        def flush(p: _Pending) -> None:
-            out = encoder.encode(np.stack(p.inputs))
-            for tid, row in zip(p.tracklet_ids, out, strict=True):
-                items[tid] = row
-            p.tracklet_ids.clear()
-            p.inputs.clear()
-
+        embedder = FrameEmbedder(encoder, args.batch_size)
+        added = 0
         try:
             for record in tqdm(store.iter_records(), total=total, unit="tracklet", desc="reembed"):
                 tracklet_id = record.tracklet_id
                 frames = store.get_frames(tracklet_id)
                 if frames is None:
                     missing.append(tracklet_id)
-                    if len(missing) == 1 and not items:
+                    if len(missing) == 1 and not added:
                         # The first tracklet already has none: almost surely none was kept.
                         break
                     continue
                 if missing:
                     continue  # the outcome is decided; only count what is missing
-                # The server's decoding path, so a re-embedded tracklet gets the descriptor an
-                # upload of the same frames would.
-                named = [(f"{tracklet_id}[{i}]", data) for i, data in enumerate(frames)]
-                x = decode_tracklet(named, limits, encoder.input_spec)
-                pending = by_shape.setdefault(x.shape, _Pending([], []))
-                pending.tracklet_ids.append(tracklet_id)
-                pending.inputs.append(x)
-                if len(pending.inputs) >= args.batch_size:
-                    flush(pending)
+                embedder.add(tracklet_id, frames)
+                added += 1
             if missing:
                 shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-                return _fail(f"cannot re-embed {url}: {shown}: {_MISSING_HELP}")
-            for pending in by_shape.values():
-                if pending.inputs:
-                    flush(pending)
-            replaced = store.replace_descriptors(encoder.fingerprint, items)
+                return _fail(f"cannot re-embed {url}: {shown}: {FRAMES_NOT_KEPT_HELP}")
+            replaced = store.replace_descriptors(encoder.fingerprint, embedder.take())
         except InvalidRecord as exc:
             return _fail(
                 f"the store changed while re-embedding ({exc}); stop the server and run the command again "

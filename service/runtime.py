@@ -24,12 +24,14 @@ by the replicas, and survive a restart: at start the gallery reconciles Milvus w
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Literal, ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -44,6 +46,7 @@ from index.types import IndexOptions
 from index.vector_index import index_class
 from service.batching import MicroBatcher
 from service.core.config import Settings
+from service.core.errors import ModelSwitchError
 from service.encoders import Encoder, make_encoder
 from service.gallery_sync import GallerySync
 from service.images import FrameLimits, decode_tracklet, install_pil_guard
@@ -84,14 +87,36 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
+# Blob naming the checkpoint a re-embedding job switched the store to, so that every replica can
+# load it: JSON {"fingerprint": ..., "model": NAME under --model-dir}.
+ACTIVE_MODEL_BLOB = "model/active"
+# A replaced encoder's batcher and index are closed this long after the switch: requests that
+# captured them before the switch finish on them.
+_RETIRE_AFTER_S = 60.0
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    """The encoder, its micro-batcher and the index of its descriptors. A request reads
+    ``Runtime.model`` once and uses that one object throughout (decode with its input spec, embed
+    with its batcher, search its gallery), so a checkpoint switch between two of its steps cannot
+    make it compare descriptors of two checkpoints."""
+
+    encoder: Encoder
+    batcher: MicroBatcher
+    gallery: Gallery | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        return self.encoder.fingerprint
+
+
 @dataclass
 class Runtime:
     settings: Settings
-    encoder: Encoder
+    model: ServingModel
     store: Store
-    batcher: MicroBatcher
     metrics: ServiceMetrics
-    gallery: Gallery | None = None
     phase: Phase = "starting"
     error: str | None = None
     write_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -99,6 +124,23 @@ class Runtime:
     # Position in the store's change feed up to which the gallery is known to be current.
     feed_position: int | None = None
     _sync: GallerySync | None = field(default=None, repr=False)
+    _switch_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def encoder(self) -> Encoder:
+        return self.model.encoder
+
+    @property
+    def batcher(self) -> MicroBatcher:
+        return self.model.batcher
+
+    @property
+    def gallery(self) -> Gallery | None:
+        return self.model.gallery
+
+    @gallery.setter
+    def gallery(self, gallery: Gallery | None) -> None:
+        self.model = replace(self.model, gallery=gallery)
 
     @property
     def ready(self) -> bool:
@@ -114,10 +156,11 @@ class Runtime:
         s = self.settings
         return FrameLimits(s.max_frame_bytes, s.max_pixels, s.max_request_pixels)
 
-    async def decode(self, frames: Sequence[tuple[str, bytes]]) -> np.ndarray:
-        """Validate and decode uploaded frames into the model input, in a worker thread, once a
-        decode slot is free."""
-        return await self.decoding(decode_tracklet, frames, self.frame_limits, self.encoder.input_spec)
+    async def decode(self, frames: Sequence[tuple[str, bytes]], model: ServingModel | None = None) -> np.ndarray:
+        """Validate and decode uploaded frames into ``model``'s input (default: the current one), in
+        a worker thread, once a decode slot is free."""
+        encoder = (model or self.model).encoder
+        return await self.decoding(decode_tracklet, frames, self.frame_limits, encoder.input_spec)
 
     async def decoding(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn(*args, **kwargs)`` in a worker thread once a decode slot is free: uploads and
@@ -134,13 +177,14 @@ class Runtime:
     def index_options(self) -> IndexOptions:
         return IndexOptions()
 
-    def _new_gallery(self) -> Gallery:
+    def _new_gallery(self, encoder: Encoder | None = None) -> Gallery:
+        encoder = encoder or self.encoder
         params: dict[str, object] = {}
         if self.settings.index == "milvus":
             # One collection per checkpoint: a re-embedded gallery is filled into a fresh one.
-            params = {"uri": self.settings.milvus_uri, "collection": collection_name(self.encoder.fingerprint)}
+            params = {"uri": self.settings.milvus_uri, "collection": collection_name(encoder.fingerprint)}
         return Gallery(
-            self.encoder.dim,
+            encoder.dim,
             kind=self.settings.index,
             use_gpu=None if self.settings.device == "cuda" else False,
             graph_k=self.settings.rerank_graph_k,
@@ -178,18 +222,92 @@ class Runtime:
         self.gallery = gallery
         self.feed_position = head
         self.metrics.sync_position.set(head)
-        # Read through self.gallery at scrape time: resync() may swap the index.
-        self.metrics.bind_gallery(
-            lambda: float(len(self.gallery)) if self.gallery is not None else 0.0,
-            lambda: float(len(self.gallery.identities())) if self.gallery is not None else 0.0,
-            dim=self.encoder.dim,
-        )
+        self._bind_metrics()
         self.phase = "ready"
         self.metrics.ready.set(1)
         log.info("gallery ready: %d tracklets indexed in %.1fs", len(gallery), time.perf_counter() - start)
         if self.settings.sync_interval > 0 and self._sync is None:
             self._sync = GallerySync(self, self.settings.sync_interval)
             self._sync.start()
+
+    def _bind_metrics(self) -> None:
+        # Read through self.gallery at scrape time: resync() and a model switch swap the index.
+        self.metrics.bind_gallery(
+            lambda: float(len(self.gallery)) if self.gallery is not None else 0.0,
+            lambda: float(len(self.gallery.identities())) if self.gallery is not None else 0.0,
+            dim=self.encoder.dim,
+        )
+
+    # ---- checkpoint switch (re-embedding jobs, service.jobs.reembed_job) ----------------------
+    def follow_store_model(self, encoder: Encoder | None = None) -> bool:
+        """Switch to the checkpoint the store was re-embedded with, when it changed; True if it did.
+
+        The new model (``encoder``, when the caller already loaded it, else the one the store's
+        ``ACTIVE_MODEL_BLOB`` names under ``--model-dir``) gets its index built from the store while
+        requests go on with the current model, whose index stays consistent with its own encoder;
+        then ``model`` is swapped in one assignment. Writes made with the old encoder meanwhile are
+        refused by the store (fingerprint mismatch, answered 503 ``model_switching``).
+        Raises ``ModelSwitchError`` when this server cannot follow; it is then no longer ready
+        (``/readyz`` 503 with the reason), since it could neither enroll nor serve current answers.
+        """
+        with self._switch_lock:
+            fingerprint = self.store.info().fingerprint
+            if fingerprint is None or fingerprint == self.encoder.fingerprint or self.gallery is None:
+                return False
+            start = time.perf_counter()
+            try:
+                if encoder is None or encoder.fingerprint != fingerprint:
+                    encoder = self._load_active_model(fingerprint)
+            except ModelSwitchError as exc:
+                self.phase, self.error = "failed", str(exc)
+                self.metrics.ready.set(0)
+                raise
+            head = self.store.change_head()  # before loading: later changes are applied again
+            gallery = self._new_gallery(encoder)
+            if gallery.durable:
+                gallery.reconcile(self.store)
+            else:
+                gallery.rebuild_from(self.store)
+            with self.write_lock:
+                old = self.model
+                self.model = ServingModel(encoder, new_batcher(encoder, self.settings, self.metrics), gallery)
+                self.feed_position = head
+            self._bind_metrics()
+            retire = threading.Timer(_RETIRE_AFTER_S, _retire, args=(old,))
+            retire.daemon = True
+            retire.start()
+        log.info("switched to checkpoint %s (%d-d): %d tracklets indexed in %.1fs",
+                 fingerprint, encoder.dim, len(gallery), time.perf_counter() - start)
+        return True
+
+    def _load_active_model(self, fingerprint: str) -> Encoder:
+        from model import CheckpointError
+
+        restart = f"restart this server with the checkpoint of fingerprint {fingerprint}"
+        blob = self.store.get_blob(ACTIVE_MODEL_BLOB)
+        try:
+            active = json.loads(blob) if blob is not None else {}
+        except ValueError:
+            active = {}
+        if not isinstance(active, dict) or active.get("fingerprint") != fingerprint:
+            raise ModelSwitchError(
+                f"the store now holds descriptors of checkpoint {fingerprint} (re-embedded by `sasreid reembed`, "
+                f"which names no model to load): {restart}"
+            )
+        name = active.get("model")
+        try:
+            encoder = load_model(self.settings, model_path(self.settings, name))
+        except (CheckpointError, OSError, RuntimeError, ValueError) as exc:
+            raise ModelSwitchError(
+                f"the store was re-embedded with {name!r} (checkpoint {fingerprint}), which this server "
+                f"cannot load: {exc}; give it the same --model-dir as the server that ran the job, or {restart}"
+            ) from exc
+        if encoder.fingerprint != fingerprint:
+            raise ModelSwitchError(
+                f"{name!r} in this server's model directory has fingerprint {encoder.fingerprint}, but the store "
+                f"was re-embedded with {fingerprint}: {restart}"
+            )
+        return encoder
 
     def mark_dirty(self, reason: str) -> None:
         """The index may disagree with the store (a write's outcome is unknown): rebuild it soon."""
@@ -289,10 +407,46 @@ def open_runtime(settings: Settings, metrics: ServiceMetrics | None = None) -> R
         store.close()
         raise
     metrics = metrics if metrics is not None else ServiceMetrics()
-    batcher = MicroBatcher(
+    batcher = new_batcher(encoder, settings, metrics)
+    return Runtime(settings=settings, model=ServingModel(encoder, batcher), store=store, metrics=metrics)
+
+
+def _retire(model: ServingModel) -> None:
+    model.batcher.close()
+    if model.gallery is not None:
+        model.gallery.close()
+
+
+def new_batcher(encoder: Encoder, settings: Settings, metrics: ServiceMetrics) -> MicroBatcher:
+    return MicroBatcher(
         encoder.encode,
         max_batch=settings.max_batch,
         max_wait_ms=settings.max_wait_ms,
         observer=metrics.observe_batch,
     )
-    return Runtime(settings=settings, encoder=encoder, store=store, batcher=batcher, metrics=metrics)
+
+
+def model_path(settings: Settings, name: object) -> Path:
+    """The model ``name`` inside ``settings.model_dir``: a checkpoint directory for the torch
+    backend, an exported ``.onnx`` file for onnx. ``ValueError`` (the message names the problem)
+    when it is not one, or would leave the directory."""
+    if settings.model_dir is None:
+        raise ValueError("this server has no model directory: start it with --model-dir DIR (SASREID_MODEL_DIR)")
+    if not isinstance(name, str) or not name or "\x00" in name or Path(name).is_absolute():
+        raise ValueError("the model must be a name relative to the model directory")
+    root = settings.model_dir.resolve()
+    path = (root / name).resolve()
+    if not path.is_relative_to(root) or path == root:
+        raise ValueError(f"{name!r} is outside the model directory")
+    if settings.backend == "onnx":
+        if not path.is_file():
+            raise FileNotFoundError(f"{name!r} is not an exported model (.onnx file) in the model directory")
+    elif not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{name!r} is not a checkpoint directory (config.json) in the model directory")
+    return path
+
+
+def load_model(settings: Settings, path: Path) -> Encoder:
+    """An encoder of this server's backend and device for the model at ``path``."""
+    field = "model" if settings.backend == "onnx" else "checkpoint"
+    return make_encoder(settings.model_copy(update={field: path}))

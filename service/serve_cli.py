@@ -31,6 +31,8 @@ _FLAGS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--max-wait-ms",), {"type": float, "help": "micro-batch fill time (SASREID_MAX_WAIT_MS)"}),
     (("--snapshot-dir",), {"help": "FAISS snapshot directory for fast restarts (SASREID_SNAPSHOT_DIR)"}),
     (("--import-dir",), {"help": "directory of the JSON-lines files import jobs read (SASREID_IMPORT_DIR; unset: no import jobs)"}),
+    (("--model-dir",), {"help": "directory of the checkpoints re-embedding jobs switch the gallery to "
+                         "(SASREID_MODEL_DIR; unset: no re-embedding jobs)"}),
     (("--sync-interval",), {"type": float, "help": "seconds between polls of the store's change feed so replicas on one store see each other's writes; 0 = off (SASREID_SYNC_INTERVAL, default 0.25)"}),
 ]
 

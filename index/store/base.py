@@ -235,9 +235,11 @@ class Store(ABC):
     def count_identities(self) -> int: ...
 
     @abstractmethod
-    def iter_records(self, batch: int = 1000) -> Iterator[Record]:
-        """Every record in ``int_id`` order, read ``batch`` at a time (not one snapshot: records
-        written during the iteration may or may not appear)."""
+    def iter_records(self, batch: int = 1000, after: int = -1) -> Iterator[Record]:
+        """Every record with ``int_id > after`` in ``int_id`` order, read ``batch`` at a time (not
+        one snapshot: records written during the iteration may or may not appear). Int ids are
+        never reused and grow with every new record, so ``after`` = the last int id seen resumes
+        an iteration, and a record stored since then comes after it."""
 
     @abstractmethod
     def int_ids(self) -> np.ndarray:
@@ -355,6 +357,11 @@ def check_jobs_limit(limit: int) -> None:
 def check_blob_name(name: str) -> None:
     if not isinstance(name, str) or not name or len(name) > 200:
         raise InvalidRecord(f"blob name must be a non-empty string of at most 200 characters, got {name!r}")
+
+
+def check_after(after: int) -> None:
+    if isinstance(after, bool) or not isinstance(after, int) or after < -1:
+        raise InvalidRecord(f"after must be an int >= -1, got {after!r}")
 
 
 def check_batch_size(batch: int) -> None:

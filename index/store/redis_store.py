@@ -60,6 +60,7 @@ from index.store.base import (
     PutResult,
     Store,
     StoreInfo,
+    check_after,
     check_against_info,
     check_batch_size,
     check_blob_name,
@@ -577,12 +578,13 @@ class RedisStore(Store):
         with self._errors():
             return int(self._client.zcard(self._identities))
 
-    def iter_records(self, batch: int = 1000) -> Iterator[Record]:
+    def iter_records(self, batch: int = 1000, after: int = -1) -> Iterator[Record]:
         check_batch_size(batch)
-        return self._iter_records(batch)
+        check_after(after)
+        return self._iter_records(batch, after)
 
-    def _iter_records(self, batch: int) -> Iterator[Record]:
-        low: str | int = "-inf"
+    def _iter_records(self, batch: int, after: int) -> Iterator[Record]:
+        low: str | int = f"({after}"
         while True:
             with self._errors():
                 page = self._client.zrangebyscore(

@@ -38,6 +38,7 @@ from index.store.base import (
     PutResult,
     Store,
     StoreInfo,
+    check_after,
     check_against_info,
     check_batch_size,
     check_blob_name,
@@ -527,12 +528,13 @@ class SQLiteStore(Store):
     def count_identities(self) -> int:
         return int(self._read("SELECT COUNT(DISTINCT identity) FROM tracklets")[0][0])  # type: ignore[arg-type]
 
-    def iter_records(self, batch: int = 1000) -> Iterator[Record]:
+    def iter_records(self, batch: int = 1000, after: int = -1) -> Iterator[Record]:
         check_batch_size(batch)
-        return self._iter_records(batch)
+        check_after(after)
+        return self._iter_records(batch, after)
 
-    def _iter_records(self, batch: int) -> Iterator[Record]:
-        last = -1
+    def _iter_records(self, batch: int, after: int) -> Iterator[Record]:
+        last = after
         while True:
             # Keyset paging on int_id; the lock is released between batches.
             rows = self._read(

@@ -84,13 +84,19 @@ class Settings(BaseSettings):
         description="directory import jobs (POST /v1/jobs, kind import) read their JSON-lines files from; "
         "None refuses import jobs. Sources are paths relative to it and cannot leave it",
     )
+    model_dir: Path | None = Field(
+        None,
+        description="directory of the checkpoints (torch backend) or exported .onnx models (onnx backend) "
+        "that re-embedding jobs (POST /v1/jobs, kind reembed) switch the gallery to, named relative to it; "
+        "every replica needs the same directory to follow a switch live. None refuses re-embedding jobs",
+    )
     job_lease_s: float = Field(
         30.0, ge=0.5, le=3600.0,
         description="a running job's lease: a server that died holding one leaves the job to whoever polls "
         "after the lease ran out (this server restarted, or a replica)",
     )
     job_poll_s: float = Field(1.0, gt=0.0, le=60.0, description="seconds between looks for a job to run")
-    job_chunk_records: int = Field(1000, ge=1, le=100_000, description="records an import job stores per step")
+    job_chunk_records: int = Field(1000, ge=1, le=100_000, description="records an import or re-embedding job handles per step")
     max_pending_jobs: int = Field(100, ge=1, le=1000, description="jobs queued or running at once")
     job_retention_s: float = Field(
         7 * 86400.0, ge=0.0,
@@ -161,7 +167,7 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown index kind {value!r}; valid kinds: {', '.join(kinds)}")
         return value
 
-    @field_validator("store", "milvus_uri", "snapshot_dir", "import_dir", mode="before")
+    @field_validator("store", "milvus_uri", "snapshot_dir", "import_dir", "model_dir", mode="before")
     @classmethod
     def _empty_store_is_default(cls, value: object) -> object:
         # An empty value means unset: a compose override can then clear what the base file sets

@@ -43,6 +43,18 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_S = 1
 
 
+class ModelSwitchError(RuntimeError):
+    """This server cannot switch to the checkpoint its store was re-embedded with (the message
+    says why and what to do)."""
+
+
+def model_switching(fingerprint: str | None) -> ApiError:
+    """The answer while this server has not yet switched to the checkpoint the store now holds."""
+    return ApiError(503, "model_switching",
+                    f"the gallery was re-embedded with checkpoint {fingerprint}; this server is switching to it, "
+                    "retry shortly", headers=_RETRY)
+
+
 class ApiError(Exception):
     """An expected rejection: raised anywhere in request handling, rendered as the error shape."""
 

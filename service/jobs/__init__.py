@@ -13,10 +13,11 @@ Kinds live in one registry (``register_job_kind``, ``make_job_kind``); each chec
 when the job is created (so a bad request is a 4xx, not a failed job) and runs from a ``Job``.
 
 Modules: ``kinds`` (the interface and registry), ``import_job`` (bulk import from a file),
-``runner`` (creating jobs, the runner thread).
+``reembed_job`` (switch the gallery to another checkpoint, live), ``runner`` (creating jobs, the
+runner thread).
 """
 
-from service.jobs import import_job  # noqa: F401  (registers the kind)
+from service.jobs import import_job, reembed_job  # noqa: F401  (register the kinds)
 from service.jobs.kinds import JOB_KINDS, JobFailed, JobKind, job_kinds, make_job_kind, register_job_kind
 from service.jobs.runner import JobRunner, create_job
 

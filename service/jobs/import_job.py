@@ -54,6 +54,10 @@ class ImportJob(JobKind):
         return {"source": str(path.relative_to(runtime.settings.import_dir.resolve()))}  # type: ignore[union-attr]
 
     @classmethod
+    def can_run(cls, runtime: Runtime) -> bool:
+        return runtime.settings.import_dir is not None
+
+    @classmethod
     def initial_progress(cls, params: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
         path = resolve_source(runtime.settings.import_dir, params["source"])
         return {"offset": 0, "bytes_total": path.stat().st_size, "lines": 0, "records": 0, "created": 0,

@@ -58,6 +58,12 @@ class JobKind(ABC):
         """The normalised parameters of a new job; ``ApiError`` (4xx) when they cannot work."""
 
     @classmethod
+    def can_run(cls, runtime: Runtime) -> bool:
+        """Whether this server is set up to run jobs of the kind (a replica that is not leaves
+        them to one that is, instead of failing them)."""
+        return True
+
+    @classmethod
     @abstractmethod
     def initial_progress(cls, params: dict[str, Any], runtime: Runtime) -> dict[str, Any]: ...
 

@@ -76,7 +76,7 @@ class JobRunner:
         now = time.time()
         jobs = sorted(self.runtime.store.list_jobs(limit=_LIST_LIMIT, unfinished=True), key=lambda j: j.created_at)
         for job in jobs:
-            if job.kind in JOB_KINDS and job.claimable(now):
+            if job.kind in JOB_KINDS and job.claimable(now) and JOB_KINDS[job.kind].can_run(self.runtime):
                 try:
                     return self.write(job, state="running", owner=self.owner)
                 except LeaseLost:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import sqlite3
 import subprocess
 import sys
@@ -352,6 +353,24 @@ def test_iter_records_in_int_id_order_across_batches(store: Store) -> None:
         assert ints == store.int_ids().tolist()
     with pytest.raises(InvalidRecord, match="batch"):
         store.iter_records(batch=0)
+
+
+def test_iter_records_after_resumes_and_sees_later_records(store: Store) -> None:
+    """A re-embedding job pages through the gallery with ``after`` = the last int id it saw:
+    records deleted behind it are gone, records stored meanwhile come after it."""
+    store.put_many([make_record(f"t{i:02d}") for i in range(10)])
+    first = list(itertools.islice(store.iter_records(batch=3), 4))
+    cursor = first[-1].int_id
+    assert cursor is not None
+    store.delete("t01")  # behind the cursor
+    store.delete("t07")  # ahead of it
+    store.put(make_record("late"))
+    rest = [r.tracklet_id for r in store.iter_records(batch=3, after=cursor)]
+    assert rest == ["t04", "t05", "t06", "t08", "t09", "late"]
+    assert list(store.iter_records(after=max(store.int_ids().tolist()))) == []
+    for bad in (-2, 1.5, True):
+        with pytest.raises(InvalidRecord, match="after"):
+            store.iter_records(after=bad)  # type: ignore[arg-type]
 
 
 # ---- re-embedding -------------------------------------------------------------------------------

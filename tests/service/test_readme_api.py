@@ -42,7 +42,7 @@ def _json(out: str) -> Any:
     return json.loads(out)
 
 
-def _checks(fingerprint: str) -> dict[str, Callable[[str], None]]:
+def _checks(fingerprint: str, fingerprint_v2: str) -> dict[str, Callable[[str], None]]:
     def readyz(out: str) -> None:
         assert _json(out)["ready"] is True
 
@@ -145,7 +145,29 @@ def _checks(fingerprint: str) -> dict[str, Callable[[str], None]]:
         assert {k: job["progress"][k] for k in ("records", "created", "existing")} == {
             "records": 2, "created": 2, "existing": 0}
 
+    def remove_imported(out: str) -> None:
+        codes, _, record = out.partition("{")
+        assert codes.split() == ["200"] * 4
+        assert _json("{" + record)["fingerprint"] == fingerprint
+
+    def start_reembed_job(out: str) -> None:
+        job = _json(out)
+        assert job["kind"] == "reembed" and job["state"] in ("queued", "running")
+        assert job["params"] == {"model": "sas-vpreid-v2", "fingerprint": fingerprint_v2}
+
+    def follow_reembed_job(out: str) -> None:
+        job_line, stats_line = out.strip().splitlines()
+        job = _json(job_line)
+        assert job["state"] == "succeeded", job
+        assert {k: job["progress"][k] for k in ("phase", "embedded", "replaced", "to_fingerprint")} == {
+            "phase": "done", "embedded": 1, "replaced": 1, "to_fingerprint": fingerprint_v2}
+        s = _json(stats_line)
+        assert (s["fingerprint"], s["tracklets"], s["indexed_tracklets"]) == (fingerprint_v2, 1, 1)
+
     return {
+        "remove imported descriptors": remove_imported,
+        "start reembed job": start_reembed_job,
+        "follow reembed job": follow_reembed_job,
         "readyz": readyz,
         "deprecated alias": deprecated_alias,
         "query time range": query_time_range,
@@ -172,9 +194,11 @@ def _checks(fingerprint: str) -> dict[str, Callable[[str], None]]:
     }
 
 
-def _workdir(root: Path, checkpoint: Path, fingerprint: str, dim: int, make_image: Callable[..., bytes]) -> None:
+def _workdir(root: Path, checkpoint: Path, checkpoint_v2: Path, fingerprint: str, dim: int,
+             make_image: Callable[..., bytes]) -> None:
     """What the README assumes the user has: a checkpoint, person crops, a descriptor file."""
     shutil.copytree(checkpoint, root / "checkpoints" / "sas-vpreid")
+    shutil.copytree(checkpoint_v2, root / "checkpoints" / "sas-vpreid-v2")  # what a reembed job switches to
     for person, seed in (("alice", 1), ("bob", 2)):
         (root / "crops" / person).mkdir(parents=True)
         for i in (1, 2):
@@ -203,7 +227,7 @@ def test_readme_commands_work_as_written(
     from model import load_checkpoint
 
     dim = load_checkpoint(checkpoints.a).descriptor_dim
-    _workdir(tmp_path, checkpoints.a, checkpoints.fingerprint_a, dim, make_image)
+    _workdir(tmp_path, checkpoints.a, checkpoints.b, checkpoints.fingerprint_a, dim, make_image)
     from socket import socket
 
     with socket() as s:
@@ -214,7 +238,7 @@ def test_readme_commands_work_as_written(
         for name, block in _blocks()
     ]
     names = [n for n, _ in blocks]
-    checks = _checks(checkpoints.fingerprint_a)
+    checks = _checks(checkpoints.fingerprint_a, checkpoints.fingerprint_b)
     assert names[0] == "serve" and set(names[1:]) == set(checks), names
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("SASREID_")}

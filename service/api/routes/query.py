@@ -26,7 +26,7 @@ from service.api.forms import (
 from service.api.openapi import form_properties
 from service.core.errors import ApiError, validation_error
 from service.images import open_frame, plan_decode
-from service.runtime import Runtime
+from service.runtime import Runtime, ServingModel
 from service.schemas import (
     MAX_QUERY_BATCH,
     BatchAnswer,
@@ -105,9 +105,9 @@ _BATCH_OPENAPI = {
 }
 
 
-def _enrolled(runtime: Runtime, tracklet_id: str) -> tuple[np.ndarray, str | None] | None:
+def _enrolled(model: ServingModel, tracklet_id: str) -> tuple[np.ndarray, str | None] | None:
     """The indexed descriptor and camera of an enrolled tracklet (None when not indexed)."""
-    gallery = runtime.gallery
+    gallery = model.gallery
     assert gallery is not None
     int_id = gallery.int_id_of(tracklet_id)
     entry = gallery.entry(int_id) if int_id is not None else None
@@ -146,11 +146,12 @@ async def query(request: Request, _: ReadAccess, runtime: ReadyRuntime) -> Query
     """
     start = time.perf_counter()
     s = runtime.settings
+    model = runtime.model  # one model for the whole request (a checkpoint switch swaps it)
     decode_ms: float | None = None
     embed_ms: float | None = None
     if media_type(request) == "application/json":
         by_id = await read_json(request, _BY_TRACKLET)
-        enrolled = await run_in_threadpool(_enrolled, runtime, by_id.tracklet_id)
+        enrolled = await run_in_threadpool(_enrolled, model, by_id.tracklet_id)
         if enrolled is None:
             raise _not_enrolled(by_id.tracklet_id)
         descriptor, stored_camera = enrolled
@@ -167,11 +168,11 @@ async def query(request: Request, _: ReadAccess, runtime: ReadyRuntime) -> Query
         check_frame_count(body.frames, s.max_frames_per_tracklet)
         plan = plan_search(options, s, options.query_camera)
         t0 = time.perf_counter()
-        frames = await runtime.decode([(f.name, f.data) for f in body.frames])
+        frames = await runtime.decode([(f.name, f.data) for f in body.frames], model)
         t1 = time.perf_counter()
-        descriptor = await runtime.batcher.embed(frames)
+        descriptor = await model.batcher.embed(frames)
         decode_ms, embed_ms = (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
-    gallery = runtime.gallery
+    gallery = model.gallery
     assert gallery is not None
     outcome = await run_in_threadpool(run_search, gallery, s, descriptor, plan)
     _observe(runtime, decode_ms, embed_ms, outcome)
@@ -230,10 +231,10 @@ def _parse_multipart_queries(fields: dict[str, str]) -> list[BatchQueryItem]:
         raise validation_error([{**e, "loc": ("queries", *e.get("loc", ()))} for e in errors]) from None
 
 
-def _check_batch_pixels(runtime: Runtime, planned: list[_Planned]) -> None:
+def _check_batch_pixels(runtime: Runtime, model: ServingModel, planned: list[_Planned]) -> None:
     """The request's decoded pixels, all queries together, against ``max_request_pixels``: read
     from the headers before any pixel is decoded (each query's decode checks its own frames too)."""
-    limits, size = runtime.frame_limits, runtime.encoder.input_spec.size
+    limits, size = runtime.frame_limits, model.encoder.input_spec.size
     total = 0
     for item in planned:
         for frame in item.frames or ():
@@ -250,7 +251,10 @@ def _check_batch_pixels(runtime: Runtime, planned: list[_Planned]) -> None:
 
 
 def _plan_batch(
-    runtime: Runtime, items: Sequence[BatchQueryItem | QueryByTracklet], frames: list[UploadedFrame] | None
+    runtime: Runtime,
+    model: ServingModel,
+    items: Sequence[BatchQueryItem | QueryByTracklet],
+    frames: list[UploadedFrame] | None,
 ) -> list[_Planned]:
     """Validate every query before any decoding or embedding (all-or-nothing, like bulk import);
     enrolled descriptors are read here, uploaded frames are cut into each query's tracklet."""
@@ -268,7 +272,7 @@ def _plan_batch(
             )
         try:
             if item.tracklet_id is not None:
-                enrolled = _enrolled(runtime, item.tracklet_id)
+                enrolled = _enrolled(model, item.tracklet_id)
                 if enrolled is None:
                     raise _not_enrolled(item.tracklet_id, field=f"queries[{i}].tracklet_id")
                 descriptor, stored_camera = enrolled
@@ -312,14 +316,14 @@ def _plan_batch(
     return planned
 
 
-async def _embed_uploads(runtime: Runtime, planned: list[_Planned]) -> None:
+async def _embed_uploads(runtime: Runtime, model: ServingModel, planned: list[_Planned]) -> None:
     """Decode the uploaded tracklets one after another (decode slots bound the memory) and embed
     each as soon as it is decoded: the micro-batcher stacks a batch's tracklets into shared
     model calls while the next ones decode."""
 
     async def embed(item: _Planned, frames: np.ndarray) -> None:
         t0 = time.perf_counter()
-        item.descriptor = await runtime.batcher.embed(frames)
+        item.descriptor = await model.batcher.embed(frames)
         item.embed_ms = (time.perf_counter() - t0) * 1e3
 
     tasks: list[asyncio.Task[None]] = []
@@ -328,7 +332,7 @@ async def _embed_uploads(runtime: Runtime, planned: list[_Planned]) -> None:
             if item.frames is None:
                 continue
             t0 = time.perf_counter()
-            decoded = await runtime.decode([(f.name, f.data) for f in item.frames])
+            decoded = await runtime.decode([(f.name, f.data) for f in item.frames], model)
             item.decode_ms = (time.perf_counter() - t0) * 1e3
             tasks.append(asyncio.create_task(embed(item, decoded)))
         await asyncio.gather(*tasks)
@@ -337,8 +341,8 @@ async def _embed_uploads(runtime: Runtime, planned: list[_Planned]) -> None:
             task.cancel()
 
 
-def _search_all(runtime: Runtime, planned: list[_Planned]) -> list[SearchOutcome]:
-    gallery = runtime.gallery
+def _search_all(runtime: Runtime, model: ServingModel, planned: list[_Planned]) -> list[SearchOutcome]:
+    gallery = model.gallery
     assert gallery is not None
     out = []
     for item in planned:
@@ -377,11 +381,12 @@ async def query_batch(request: Request, _: ReadAccess, runtime: ReadyRuntime) ->
         items = _parse_multipart_queries(body.fields)
         frames = body.frames
     _check_count(len(items))
-    planned = await run_in_threadpool(_plan_batch, runtime, items, frames)
+    model = runtime.model  # one model for the whole request (a checkpoint switch swaps it)
+    planned = await run_in_threadpool(_plan_batch, runtime, model, items, frames)
     if frames:
-        await run_in_threadpool(_check_batch_pixels, runtime, planned)
-        await _embed_uploads(runtime, planned)
-    outcomes = await run_in_threadpool(_search_all, runtime, planned)
+        await run_in_threadpool(_check_batch_pixels, runtime, model, planned)
+        await _embed_uploads(runtime, model, planned)
+    outcomes = await run_in_threadpool(_search_all, runtime, model, planned)
     answers = []
     for item, outcome in zip(planned, outcomes, strict=True):
         _observe(runtime, item.decode_ms, item.embed_ms, outcome)

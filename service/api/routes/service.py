@@ -57,7 +57,7 @@ async def healthz() -> Health:
 async def readyz(runtime: RuntimeDep) -> Readiness:
     if not runtime.ready:
         if runtime.phase == "failed":
-            raise ApiError(503, "not_ready", f"start-up failed: {runtime.error}")
+            raise ApiError(503, "not_ready", f"this server cannot serve: {runtime.error}")
         raise ApiError(503, "not_ready", "the gallery index is being restored from the store")
     if not await run_in_threadpool(runtime.store.ping):
         raise ApiError(503, "store_unavailable", f"the store {runtime.store_url} does not answer")

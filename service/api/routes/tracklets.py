@@ -116,13 +116,14 @@ async def enroll(request: Request, response: Response, _: WriteAccess, runtime: 
         if stored is not None:
             response.status_code = 200
             return TrackletOut.from_record(stored)
-    frames = await runtime.decode([(f.name, f.data) for f in body.frames])
-    descriptor = await runtime.batcher.embed(frames)
+    model = runtime.model  # the fingerprint below must name the encoder that made the descriptor
+    frames = await runtime.decode([(f.name, f.data) for f in body.frames], model)
+    descriptor = await model.batcher.embed(frames)
     record = Record(
         tracklet_id=fields.tracklet_id or uuid.uuid4().hex,
         identity=fields.identity,
         num_frames=len(data),
-        fingerprint=runtime.encoder.fingerprint,
+        fingerprint=model.fingerprint,
         descriptor=descriptor,
         content_hash=content_hash,
         camera=fields.camera,
