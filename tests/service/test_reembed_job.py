@@ -259,3 +259,27 @@ def test_a_replica_not_yet_switched_refuses_enrollments_with_503_and_keeps_answe
     assert top.status_code == 200 and top.json()["results"][0]["tracklets"][0]["tracklet_id"] == "s1"
     with open_store(sqlite_url) as store:
         assert store.get("late") is None and store.info().fingerprint == checkpoints.fingerprint_b
+
+
+def test_an_onnx_server_reembeds_to_an_exported_model(thread_server, checkpoints, sqlite_url: str,
+                                                      tmp_path: Path, make_tracklet) -> None:
+    """With ``--backend onnx`` the model directory holds exported ``.onnx`` files, and the switch
+    loads one into ONNX Runtime."""
+    from model.export import export_onnx
+
+    models = tmp_path / "onnx-models"
+    models.mkdir()
+    export_onnx(checkpoints.a, models / "a.onnx")
+    export_onnx(checkpoints.b, models / "b.onnx")
+    s = thread_server(settings_for(None, sqlite_url, backend="onnx", model=models / "a.onnx", keep_frames=True,
+                                   model_dir=models, job_poll_s=0.05))
+    seeds = {"o1": 901, "o2": 902}
+    _enroll(s.url, make_tracklet, seeds)
+    r = httpx.post(f"{s.url}/v1/jobs", json={"kind": "reembed", "params": {"model": "b"}}, headers=_headers())
+    assert (r.status_code, r.json()["detail"]["error"]) == (422, "model_not_found")  # a checkpoint name
+    with httpx.Client(base_url=s.url, timeout=60) as http:
+        job = wait_job(http, _start_reembed(s.url, "b.onnx"))
+        assert job["state"] == "succeeded", job
+        stats = http.get("/v1/stats", headers=_headers(READ_KEY)).json()
+    assert (stats["fingerprint"], stats["backend"]) == (checkpoints.fingerprint_b, "onnx")
+    _assert_store_holds_b(sqlite_url, checkpoints, make_tracklet, seeds)
