@@ -327,6 +327,10 @@ class Runtime:
         """
         if not self._dirty.is_set() or not self.ready or not self.store.ping():
             return False
+        if self.store.info().fingerprint not in (None, self.encoder.fingerprint):
+            # Re-embedded meanwhile: this model's index cannot be rebuilt from the store's new
+            # descriptors; the switch builds the new model's index from the store instead.
+            return self.follow_store_model()
         with self.write_lock:
             self._dirty.clear()
             try:
