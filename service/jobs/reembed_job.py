@@ -17,8 +17,9 @@ frames (``--keep-frames``) as an upload of the same frames would be. Progress ``
    ready and says why. Until a server has switched, its enrollments answer 503
    ``model_switching``; its queries keep their old, self-consistent answers.
 
-The switch holds every new descriptor in memory at once (``dim`` x 4 bytes per tracklet), as
-``sasreid reembed`` does.
+Until the switch the staged descriptors take as much room in the store as the gallery's own
+(``dim`` x 4 bytes per tracklet); the switch holds them all in memory at once, as ``sasreid
+reembed`` does.
 """
 
 from __future__ import annotations
