@@ -59,6 +59,11 @@ class TrainConfig:
     # Decay of an exponential moving average of the weights, served as final/ (the last iterate
     # stays in checkpoints/); None = off (paper). model.engine.weight_average.
     weight_average: float | None = None
+    # What a training class is: "person" (every tracklet of a person, across sessions and outfits:
+    # the papers' long-term, clothing-changed re-identification) or "outfit" (each person in each
+    # session, i.e. in one set of clothes: short-term re-identification; tracklets without a
+    # session stay one class per person). model.engine.datasets.outfit_classes.
+    train_identity: Literal["person", "outfit"] = "person"
     # -- batch (paper 4.2) --
     p: int = 4  # identities per batch
     k: int = 4  # tracklets per identity
@@ -151,6 +156,8 @@ class TrainConfig:
             (self.optimizer in ("adam", "sgd"), f"optimizer must be adam|sgd, got {self.optimizer!r}"),
             (self.schedule in ("step", "cosine"), f"schedule must be step|cosine, got {self.schedule!r}"),
             (self.memory_init in ("online", "centroids"), f"memory_init must be online|centroids, got {self.memory_init!r}"),
+            (self.train_identity in ("person", "outfit"),
+             f"train_identity must be person|outfit, got {self.train_identity!r}"),
             (self.descriptor_weights is None or (len(self.descriptor_weights) == 3 and min(self.descriptor_weights) >= 0
                                                  and max(self.descriptor_weights) > 0),
              f"descriptor_weights must be three weights >= 0 (v_i, h_M, f_S), not all 0, got {self.descriptor_weights}"),

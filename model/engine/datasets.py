@@ -12,6 +12,7 @@ case folder exists next to no other split folder, else ``plain``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,3 +136,13 @@ def summarize(tracklets: list[Tracklet]) -> SplitSummary:
         frames=sum(t.num_frames for t in tracklets),
         single_frame_tracklets=sum(t.num_frames == 1 for t in tracklets),
     )
+
+
+def outfit_classes(train: list[Tracklet]) -> tuple[list[Tracklet], int]:
+    """``train`` relabelled so that each (person, session) pair is one class ``0..C-1``, numbered in
+    order of (pid, session); returns the tracklets and C. A session is one set of clothes (the
+    DetReIDX / SynthXFD capture days), so these classes ask for same-outfit re-identification;
+    tracklets without a session form one class per person."""
+    keys = sorted({(t.pid, t.session) for t in train}, key=lambda k: (k[0], "" if k[1] is None else str(k[1])))
+    label = {k: i for i, k in enumerate(keys)}
+    return [dataclasses.replace(t, pid=label[(t.pid, t.session)]) for t in train], len(keys)

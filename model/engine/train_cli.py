@@ -68,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--ckpt-every", type=int, default=None, help="checkpoint every N epochs (and at the end)")
     a("--keep-states", type=int, default=None, help="checkpoints that keep their optimizer state (default 1)")
     a("--seed", type=int, default=None, help="random seed (default 0)")
+    a("--train-identity", choices=("person", "outfit"), default=None,
+      help="training classes: each person across sessions (person, default: clothing-changed re-id, the "
+           "papers') or each person in each session, one outfit (outfit: short-term, same-outfit re-id)")
     g = parser.add_argument_group("batch and schedule (defaults: the recipe of --config)")
     g.add_argument("--p", type=int, default=None, help=f"identities per batch (paper {r.p})")
     g.add_argument("--k", type=int, default=None, help=f"tracklets per identity (paper {r.k})")

@@ -27,6 +27,7 @@ a non-finite loss on any rank stops all of them. A resumed run must use the same
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -44,7 +45,7 @@ from torch.nn.parallel import DistributedDataParallel
 from model.checkpoint import WEIGHTS_FILE, read_checkpoint_config, save_checkpoint
 from model.engine.cache import DescriptorCache
 from model.engine.config import TrainConfig, backbone_lr
-from model.engine.datasets import ReIDData, load_reid_data, require_train, summarize
+from model.engine.datasets import ReIDData, load_reid_data, outfit_classes, require_train, summarize
 from model.engine.distributed import (
     DistContext,
     DistributedError,
@@ -185,6 +186,9 @@ class Trainer:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.data: ReIDData = load_reid_data(data_root, cfg.layout)
         require_train(self.data)
+        if cfg.train_identity == "outfit":
+            train, classes = outfit_classes(self.data.train)
+            self.data = dataclasses.replace(self.data, train=train, num_train_pids=classes)
         if self.clip_weights is not None and not self.clip_weights.is_file():
             raise TrainingError(f"--clip-weights {self.clip_weights}: file not found")
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -95,3 +96,39 @@ def test_run_folder_rules(make_easy_dataset, tmp_path: Path):
         Trainer(cfg, root, tmp_path / "run").fit()
     with pytest.raises(TrainingError, match="no run to resume"):
         Trainer(cfg, root, tmp_path / "empty", resume=True).fit()
+
+
+def test_outfit_identities_train_one_class_per_person_and_session(tmp_path: Path) -> None:
+    """``train_identity="outfit"``: each (person, session) of the training split is its own class
+    (short-term, same-outfit re-identification); the default keeps one class per person."""
+    from model.data import load_detreidx
+    from model.data.synth.generate import generate_synth
+    from model.data.synth.plan import SynthConfig
+    from model.engine.datasets import outfit_classes
+
+    root = tmp_path / "synth"
+    generate_synth(SynthConfig(ids=6, test_ids=3, tracklets_per_id=4, frames=3, min_frames=2,
+                               distractor_fraction=0.34, seed=3), root, workers=1, progress=False)
+    train = load_detreidx(root).train
+    persons = {t.pid for t in train}
+    outfits = {(t.pid, t.session) for t in train}
+    assert len(persons) == 3 and len(outfits) == 6  # two sessions (outfits) per training person
+    relabelled, classes = outfit_classes(train)
+    assert classes == 6 and sorted({t.pid for t in relabelled}) == list(range(6))
+    by_outfit: dict[tuple[int, object], set[int]] = {}
+    for before, after in zip(train, relabelled, strict=True):
+        by_outfit.setdefault((before.pid, before.session), set()).add(after.pid)
+        assert after.tracklet_id == before.tracklet_id and after.session == before.session
+    assert all(len(labels) == 1 for labels in by_outfit.values())  # one class per outfit, none shared
+    assert len({next(iter(v)) for v in by_outfit.values()}) == 6
+    no_sessions = [dataclasses.replace(t, session=None) for t in train]
+    assert outfit_classes(no_sessions)[1] == 3  # without sessions: one class per person
+
+    run = tmp_path / "run"
+    Trainer(tiny_cfg(epochs=1, train_identity="outfit"), root, run).fit()
+    assert load_checkpoint(run / "final").cfg.num_classes == 6
+    assert read_checkpoint_config(run / "final")["extra"]["train_config"]["train_identity"] == "outfit"
+    start = read_log(run / "log.jsonl")[0]
+    assert start["train"]["identities"] == 3  # the summary still counts people
+    with pytest.raises(ValueError, match="train_identity"):
+        tiny_cfg(train_identity="session").validate()
