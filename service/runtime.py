@@ -257,7 +257,7 @@ class Runtime:
             start = time.perf_counter()
             try:
                 if encoder is None or encoder.fingerprint != fingerprint:
-                    encoder = self._load_active_model(fingerprint)
+                    encoder = load_active_model(self.store, self.settings, fingerprint)
             except ModelSwitchError as exc:
                 self.phase, self.error = "failed", str(exc)
                 self.metrics.ready.set(0)
@@ -279,35 +279,6 @@ class Runtime:
         log.info("switched to checkpoint %s (%d-d): %d tracklets indexed in %.1fs",
                  fingerprint, encoder.dim, len(gallery), time.perf_counter() - start)
         return True
-
-    def _load_active_model(self, fingerprint: str) -> Encoder:
-        from model import CheckpointError
-
-        restart = f"restart this server with the checkpoint of fingerprint {fingerprint}"
-        blob = self.store.get_blob(ACTIVE_MODEL_BLOB)
-        try:
-            active = json.loads(blob) if blob is not None else {}
-        except ValueError:
-            active = {}
-        if not isinstance(active, dict) or active.get("fingerprint") != fingerprint:
-            raise ModelSwitchError(
-                f"the store now holds descriptors of checkpoint {fingerprint} (re-embedded by `sasreid reembed`, "
-                f"which names no model to load): {restart}"
-            )
-        name = active.get("model")
-        try:
-            encoder = load_model(self.settings, model_path(self.settings, name))
-        except (CheckpointError, OSError, RuntimeError, ValueError) as exc:
-            raise ModelSwitchError(
-                f"the store was re-embedded with {name!r} (checkpoint {fingerprint}), which this server "
-                f"cannot load: {exc}; give it the same --model-dir as the server that ran the job, or {restart}"
-            ) from exc
-        if encoder.fingerprint != fingerprint:
-            raise ModelSwitchError(
-                f"{name!r} in this server's model directory has fingerprint {encoder.fingerprint}, but the store "
-                f"was re-embedded with {fingerprint}: {restart}"
-            )
-        return encoder
 
     def mark_dirty(self, reason: str) -> None:
         """The index may disagree with the store (a write's outcome is unknown): rebuild it soon."""
@@ -392,6 +363,15 @@ def open_runtime(settings: Settings, metrics: ServiceMetrics | None = None) -> R
     try:
         info = store.info()
         checkpoint = settings.model_source
+        if info.fingerprint is not None and info.fingerprint != encoder.fingerprint and settings.model_dir is not None:
+            # Re-embedded by a job while this server was down (or restarted with its old
+            # configuration): serve what the replicas serve, if the model directory has it.
+            try:
+                encoder = load_active_model(store, settings, info.fingerprint)
+                log.warning("the store %s was re-embedded with checkpoint %s: serving it from the model directory "
+                            "instead of %s (point --checkpoint at it)", redact_url(url), info.fingerprint, checkpoint)
+            except ModelSwitchError as exc:
+                log.warning("%s", exc)
         if info.fingerprint is not None and info.fingerprint != encoder.fingerprint:
             raise StartupError(
                 f"the store {redact_url(url)} holds descriptors made with checkpoint {info.fingerprint}, "
@@ -413,6 +393,38 @@ def open_runtime(settings: Settings, metrics: ServiceMetrics | None = None) -> R
     metrics = metrics if metrics is not None else ServiceMetrics()
     batcher = new_batcher(encoder, settings, metrics)
     return Runtime(settings=settings, model=ServingModel(encoder, batcher), store=store, metrics=metrics)
+
+
+def load_active_model(store: Store, settings: Settings, fingerprint: str) -> Encoder:
+    """The model a re-embedding job switched ``store`` to (``ACTIVE_MODEL_BLOB``), loaded from
+    ``settings.model_dir``; ``ModelSwitchError`` (saying what to do) when it cannot be."""
+    from model import CheckpointError
+
+    restart = f"restart this server with the checkpoint of fingerprint {fingerprint}"
+    blob = store.get_blob(ACTIVE_MODEL_BLOB)
+    try:
+        active = json.loads(blob) if blob is not None else {}
+    except ValueError:
+        active = {}
+    if not isinstance(active, dict) or active.get("fingerprint") != fingerprint:
+        raise ModelSwitchError(
+            f"the store now holds descriptors of checkpoint {fingerprint} (re-embedded by `sasreid reembed`, "
+            f"which names no model to load): {restart}"
+        )
+    name = active.get("model")
+    try:
+        encoder = load_model(settings, model_path(settings, name))
+    except (CheckpointError, OSError, RuntimeError, ValueError) as exc:
+        raise ModelSwitchError(
+            f"the store was re-embedded with {name!r} (checkpoint {fingerprint}), which this server "
+            f"cannot load: {exc}; give it the same --model-dir as the server that ran the job, or {restart}"
+        ) from exc
+    if encoder.fingerprint != fingerprint:
+        raise ModelSwitchError(
+            f"{name!r} in this server's model directory has fingerprint {encoder.fingerprint}, but the store "
+            f"was re-embedded with {fingerprint}: {restart}"
+        )
+    return encoder
 
 
 def _retire(model: ServingModel) -> None:

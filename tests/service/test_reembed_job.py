@@ -102,6 +102,11 @@ def test_a_reembed_job_switches_the_running_server_to_the_new_checkpoint(
         r = http.post("/v1/jobs", json={"kind": "reembed", "params": {"model": "b"}}, headers=_headers())
         assert (r.status_code, r.json()["detail"]["error"]) == (409, "already_embedded")
     _assert_store_holds_b(sqlite_url, checkpoints, make_tracklet, seeds)
+    # A server (re)started with the old --checkpoint serves the re-embedded store's model from
+    # its model directory instead of refusing to start.
+    restarted = thread_server(settings_for(checkpoints.a, sqlite_url, keep_frames=True, model_dir=model_dir))
+    assert restarted.client().stats()["fingerprint"] == checkpoints.fingerprint_b
+    restarted.stop()
     # Back to A is a job like any other, here through the Python client.
     with s.client() as client:
         back = client.wait_job(client.start_reembed_job("a")["id"], timeout=120, interval=0.05)
