@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from index.store import StoreError
 from service.core.errors import ApiError, from_store_error
 from service.enrollment import commit_batch, records_from_batch
-from service.jobs.kinds import JobContext, JobFailed, JobKind, register_job_kind
+from service.jobs.kinds import JobContext, JobFailed, JobKind, check_param_names, register_job_kind
 from service.runtime import Runtime
 from service.schemas import BatchRecordIn
 
@@ -46,10 +46,7 @@ def resolve_source(import_dir: Path | None, source: object) -> Path:
 class ImportJob(JobKind):
     @classmethod
     def check_params(cls, params: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
-        unknown = set(params) - {"source"}
-        if unknown:
-            raise ApiError(422, "invalid_params", f"unknown import parameter(s): {', '.join(sorted(unknown))}",
-                           field="params")
+        check_param_names(cls.name, params, {"source"})
         path = resolve_source(runtime.settings.import_dir, params.get("source"))
         return {"source": str(path.relative_to(runtime.settings.import_dir.resolve()))}  # type: ignore[union-attr]
 

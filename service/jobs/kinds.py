@@ -73,6 +73,14 @@ class JobKind(ABC):
         """Do the (rest of the) work, ``ctx.save`` after each step; return the final progress."""
 
 
+def check_param_names(kind: str, params: dict[str, Any], allowed: set[str]) -> None:
+    """``ApiError`` (422 ``invalid_params``) naming the parameters a job kind does not take."""
+    unknown = set(params) - allowed
+    if unknown:
+        raise ApiError(422, "invalid_params", f"unknown {kind} parameter(s): {', '.join(sorted(unknown))}",
+                       field="params")
+
+
 JOB_KINDS: dict[str, type[JobKind]] = {}
 
 

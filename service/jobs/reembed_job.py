@@ -35,7 +35,7 @@ import numpy as np
 from index.store import InvalidRecord, Record, Store
 from service.core.errors import ApiError
 from service.encoders import Encoder
-from service.jobs.kinds import JobContext, JobFailed, JobKind, register_job_kind
+from service.jobs.kinds import JobContext, JobFailed, JobKind, check_param_names, register_job_kind
 from service.reembedding import FRAMES_NOT_KEPT_HELP, FrameEmbedder
 from service.runtime import ACTIVE_MODEL_BLOB, Runtime, load_model, model_path
 
@@ -112,10 +112,7 @@ def _embed(store: Store, embedder: FrameEmbedder, records: list[Record]) -> dict
 class ReembedJob(JobKind):
     @classmethod
     def check_params(cls, params: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
-        unknown = set(params) - {"model"}
-        if unknown:
-            raise ApiError(422, "invalid_params", f"unknown reembed parameter(s): {', '.join(sorted(unknown))}",
-                           field="params")
+        check_param_names(cls.name, params, {"model"})
         name, encoder = _resolve(runtime, params.get("model"))
         store = runtime.store
         if encoder.fingerprint == (store.info().fingerprint or runtime.encoder.fingerprint):
