@@ -150,11 +150,13 @@ class ReembedJob(JobKind):
                             f"not the {params['fingerprint']} the job was created for")
         progress = ctx.progress
         try:
-            if store.info().fingerprint != encoder.fingerprint:  # else swapped by an earlier run
+            if store.info().fingerprint != encoder.fingerprint:
                 embedder = FrameEmbedder(encoder, _ENCODE_BATCH)
                 if progress["phase"] == "embed":
                     cls._embed_pass(ctx, embedder, progress)
                 progress["replaced"] = cls._switch(ctx, embedder, encoder, progress)
+            else:  # swapped by an earlier run that stopped before recording it: every descriptor is new
+                progress["replaced"] = store.count_tracklets()
         except JobFailed:
             _drop_stages(store, ctx.job.id, int(progress["steps"]))
             raise
@@ -189,20 +191,24 @@ class ReembedJob(JobKind):
             staged.update(_load_stage(store, _blob_name(ctx.job.id, step)))
         store.put_blob(ACTIVE_MODEL_BLOB, json.dumps(
             {"fingerprint": encoder.fingerprint, "model": ctx.job.params["model"]}).encode())
+        # Tracklets stored since the staged pass (int ids only grow) are embedded here and not
+        # staged, so the saved cursor stays at the last staged step: a job stopped during the
+        # switch starts the switch again from the staged steps.
+        cursor, late_count = int(progress["cursor"]), 0
         for _ in range(_SWITCH_ATTEMPTS):
-            # Stored since the staged pass (int ids only grow): embedded here, not staged.
-            late = list(store.iter_records(after=int(progress["cursor"])))
+            late = list(store.iter_records(after=cursor))
             if late:
                 vectors = _embed(store, embedder, late)
                 for record in late:
                     staged[int(record.int_id)] = (record.tracklet_id, vectors[record.tracklet_id])  # type: ignore[arg-type]
-                progress["cursor"] = late[-1].int_id
-                progress["embedded"] += len(late)
+                cursor, late_count = int(late[-1].int_id), late_count + len(late)  # type: ignore[arg-type]
             live = set(store.int_ids().tolist())
             items = {tid: vec for iid, (tid, vec) in staged.items() if iid in live}
             ctx.save(progress)  # renews the lease before the long transaction
             try:
-                return store.replace_descriptors(encoder.fingerprint, items)
+                replaced = store.replace_descriptors(encoder.fingerprint, items)
+                progress["embedded"] += late_count
+                return replaced
             except InvalidRecord as exc:
                 log.info("job %s: the gallery changed during the switch (%s); preparing it again", ctx.job.id, exc)
         raise JobFailed("gallery_busy", f"the gallery changed during each of {_SWITCH_ATTEMPTS} attempts to switch; "

@@ -288,3 +288,40 @@ def test_an_onnx_server_reembeds_to_an_exported_model(thread_server, checkpoints
         stats = http.get("/v1/stats", headers=_headers(READ_KEY)).json()
     assert (stats["fingerprint"], stats["backend"]) == (checkpoints.fingerprint_b, "onnx")
     _assert_store_holds_b(sqlite_url, checkpoints, make_tracklet, seeds)
+
+
+def test_a_reembed_stopped_during_its_switch_resumes_with_what_was_enrolled_late(
+    thread_server, opened_runtime, checkpoints, sqlite_url: str, model_dir: Path, make_tracklet
+) -> None:
+    """A tracklet stored after the last staged step is embedded by the switch itself; a stop
+    there (the lease renewal before the swap) must not lose it on resume."""
+    settings = settings_for(checkpoints.a, sqlite_url, keep_frames=True, model_dir=model_dir, job_chunk_records=2)
+    runtime = opened_runtime(settings)
+    runtime.restore_gallery()
+    s = thread_server(settings, lifespan="off", runtime=runtime)
+    seeds = {f"u{i}": 520 + i for i in range(5)}
+    _enroll(s.url, make_tracklet, seeds)
+    _start_reembed(s.url)
+    runner = JobRunner(runtime)
+    job = runner.claim()
+    assert job is not None
+    saves = 0
+
+    def stopping() -> bool:
+        nonlocal saves
+        saves += 1
+        if saves == 3:  # the embed pass's last save (steps of 2, 2 and 1): then a late enrollment
+            _enroll(s.url, make_tracklet, {"late": 650})
+        return saves == 4  # the switch's lease renewal, after it embedded "late"
+
+    ctx = JobContext(runtime, job, runner.write, stopping=stopping)
+    with pytest.raises(Stopping):
+        ReembedJob.run(ctx)
+    runner.write(ctx.job, owner=None, lease_until=0.0)
+    assert runtime.store.info().fingerprint == checkpoints.fingerprint_a  # stopped before the swap
+    assert runner.run_one()
+    done = runtime.store.get_job(job.id)
+    assert done is not None and done.state == "succeeded", done
+    assert (done.progress["replaced"], done.progress["embedded"]) == (6, 6)
+    seeds["late"] = 650
+    _assert_store_holds_b(sqlite_url, checkpoints, make_tracklet, seeds)
