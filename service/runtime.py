@@ -47,6 +47,7 @@ from index.vector_index import index_class
 from service.batching import MicroBatcher
 from service.core.config import Settings
 from service.core.errors import ModelSwitchError
+from service.core.paths import inside
 from service.encoders import Encoder, make_encoder
 from service.gallery_sync import GallerySync
 from service.images import FrameLimits, decode_tracklet, install_pil_guard
@@ -448,11 +449,10 @@ def model_path(settings: Settings, name: object) -> Path:
     when it is not one, or would leave the directory."""
     if settings.model_dir is None:
         raise ValueError("this server has no model directory: start it with --model-dir DIR (SASREID_MODEL_DIR)")
-    if not isinstance(name, str) or not name or "\x00" in name or Path(name).is_absolute():
+    if not isinstance(name, str) or not name or "\x00" in name:
         raise ValueError("the model must be a name relative to the model directory")
-    root = settings.model_dir.resolve()
-    path = (root / name).resolve()
-    if not path.is_relative_to(root) or path == root:
+    path = inside(settings.model_dir, name)
+    if path is None or path == settings.model_dir.resolve():
         raise ValueError(f"{name!r} is outside the model directory")
     if settings.backend == "onnx":
         if not path.is_file():

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from index.store import StoreError
 from service.core.errors import ApiError, from_store_error
+from service.core.paths import inside
 from service.enrollment import commit_batch, records_from_batch
 from service.jobs.kinds import JobContext, JobFailed, JobKind, check_param_names, register_job_kind
 from service.runtime import Runtime
@@ -32,9 +33,8 @@ def resolve_source(import_dir: Path | None, source: object) -> Path:
     if not isinstance(source, str) or not source or "\x00" in source:
         raise ApiError(422, "invalid_source", "params.source must be a file name relative to the import directory",
                        field="params.source")
-    root = import_dir.resolve()
-    path = (root / source).resolve()
-    if Path(source).is_absolute() or not path.is_relative_to(root):
+    path = inside(import_dir, source)
+    if path is None:
         raise ApiError(422, "invalid_source", f"{source!r} is outside the import directory", field="params.source")
     if not path.is_file():
         raise ApiError(422, "source_not_found", f"{source!r} is not a file in the import directory",
